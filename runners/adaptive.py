@@ -1,0 +1,77 @@
+"""The runner of the paper's second stage: the distribution codec on frozen transforms.
+
+Ulhaq & Bajić, ICIP 2024: ``g_a``, ``g_s`` and the static bottleneck stay as
+pretrained; only the distribution codec (and its bottleneck's quantiles)
+train. Frozen parts get no gradient, and the training steps skip the ``g_s``
+pass altogether when ``g_s`` is frozen: distortion is then a constant of the
+loss. Valid and infer loaders still decode and report distortion.
+
+On every infer pass it also codes each image with the static bottleneck and
+the ideal bound (same weights), and logs to Aim the RD figure, the target vs
+reconstructed distributions, and the per-channel rate of ``y`` under the
+static and the adaptive distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from encdist.datasets import pad_to_multiple
+from encdist.registry import register_runner
+
+from .base import BaseRunner
+
+__all__ = ["AdaptiveDistributionRunner"]
+
+
+@register_runner("AdaptiveDistributionRunner")
+class AdaptiveDistributionRunner(BaseRunner):
+    def __init__(self, conf, run_hash, **kwargs):
+        super().__init__(conf, run_hash, **kwargs)
+        self.skip_frozen_synthesis = bool(conf.runner.get("skip_frozen_synthesis", True))
+
+    def _forward(self, x, training: bool):
+        model = self._model()
+        skip = training and self.skip_frozen_synthesis and model.is_frozen("g_s")
+        return self.model(x, with_x_hat=not skip)
+
+    @torch.no_grad()
+    def _log_infer_figures(self, x) -> None:
+        if self.aim is None:
+            return
+        from encdist.plotting import plot_channel_rates, plot_distributions, plot_rd
+
+        model = self._model()
+        x_pad, _ = pad_to_multiple(x, self.pad_multiple)
+        out = model(x_pad, with_x_hat=False)
+        p, p_hat = out["p"][0], out["p_hat"][0]
+        # Latent positions per channel: y for factorized models, z for hyperpriors.
+        counts = p * (x_pad.shape[-2] * x_pad.shape[-1] // model.downsampling_factor**2)
+        static = model.adaptive_codec.static_pmf()
+        bits_static = -(counts * torch.log2(static.clamp_min(1e-9))).sum(-1)
+        bits_adaptive = -(counts * torch.log2(p_hat.clamp_min(1e-9))).sum(-1)
+        ctx = {"loader": self.loader_key}
+        figs = {
+            "distributions": plot_distributions(p.cpu().numpy(), p_hat.cpu().numpy()),
+            "channel_rates": plot_channel_rates(bits_static.cpu().numpy(), bits_adaptive.cpu().numpy()),
+        }
+        row = self.infer_rows[0]
+        curves = [
+            {"name": mode, "results": {"bpp": [row[f"bpp{suffix}"]], "psnr-rgb": [row[f"psnr-rgb{suffix}"]]}}
+            for mode, suffix in [("adaptive", "")] + [(m, f"_{m}") for m in self.baselines]
+            if f"bpp{suffix}" in row
+        ]
+        figs["rd"] = plot_rd(self._reference_curves() + curves)
+        for name, fig in figs.items():
+            self.aim.log_figure(name, fig, context=ctx, step=self.epoch_step)
+
+    def _reference_curves(self):
+        """The paper's Kodak curves, when the infer set is Kodak."""
+        meta = self.conf.dataset.infer.get("meta") or {}
+        if meta.get("name") != "kodak":
+            return []
+        from encdist.plotting import reference_results_dir
+        from encdist.results import load_results
+
+        ref = reference_results_dir()
+        return [load_results(f) for f in sorted(ref.glob("*.json"))] if ref else []

@@ -1,0 +1,264 @@
+"""Catalyst runner shared by encdist's runners: steps, meters, inference, checkpoints.
+
+A runner only orchestrates: the model, criterion, optimizers, loaders and
+loggers come from the config factory (:mod:`encdist.config`); coding and
+metrics come from :mod:`encdist.evaluate`. Per loader it tracks the
+criterion's outputs and ``aux_loss``; on the infer loader it codes every image
+with real bitstreams and writes a CompressAI-format results JSON.
+
+Checkpoints (``${paths.checkpoints}/runner.last.pth`` and ``runner.best.pth``)
+are written atomically at the end of every epoch and hold the model,
+optimizers, schedulers, epoch and Aim run hash; ``paths.checkpoint=...``
+resumes all of them, in the same run folder and Aim run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+from catalyst import dl, metrics
+from omegaconf import DictConfig
+
+from encdist.checkpoint import atomic_save, safe_load
+from encdist.errors import CheckpointError, EncdistError
+from encdist.evaluate import evaluate_image, mean_metrics
+from encdist.results import save_results
+
+__all__ = ["BaseRunner", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(EncdistError, FloatingPointError):
+    """Too many consecutive training steps had a NaN or infinite loss."""
+
+
+class BaseRunner(dl.Runner):
+    """Trains a CompressAI model with a "net" and an "aux" optimizer.
+
+    Args:
+        conf: the resolved experiment config (``runner`` group holds the options).
+        run_hash: the Aim run hash; the run folder is ``${paths._run_root}``.
+    """
+
+    def __init__(self, conf: DictConfig, run_hash: str, **kwargs):
+        super().__init__(**kwargs)
+        self.conf = conf
+        self.run_hash = run_hash
+        r = conf.runner
+        self.max_nonfinite_steps = int(r.get("max_nonfinite_steps", 10))
+        self.pad_multiple = int(r.get("pad_multiple", 64))
+        inf = r.get("inference") or {}
+        self.baselines = list(inf.get("baselines") or [])
+        self.log_figures = bool(inf.get("figures", False))
+        self.infer_every = int(inf.get("every_n_epochs", 0))
+        self.nonfinite_steps = 0
+        self._consecutive_nonfinite = 0
+        self.best_valid = math.inf
+        self.resumed_from: str | None = None
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def aim(self):
+        return self.loggers.get("aim")
+
+    def on_experiment_start(self, runner):
+        super().on_experiment_start(runner)
+        ckpt = self.conf.paths.get("checkpoint")
+        if ckpt:
+            self._resume(ckpt)
+
+    def _resume(self, path: str) -> None:
+        state = safe_load(path)
+        for key in ("model_state_dict", "optimizer", "epoch"):
+            if key not in state:
+                raise CheckpointError(f"checkpoint {path} is not a runner checkpoint (no {key!r})")
+        try:
+            self.model.load_state_dict(state["model_state_dict"])
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from None
+        for key, opt in self.optimizer.items():
+            if key in state["optimizer"]:
+                opt.load_state_dict(state["optimizer"][key])
+        for key, sch in (self.scheduler or {}).items():
+            if key in state.get("scheduler", {}):
+                sch.load_state_dict(state["scheduler"][key])
+        self.epoch_step = int(state["epoch"])
+        self.best_valid = float(state.get("best_valid", math.inf))
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.resumed_from = str(path)
+
+    # ------------------------------------------------------------------ loaders
+    def _run_epoch(self) -> None:
+        """Run the loaders of this epoch; ``infer`` only every ``inference.every_n_epochs`` and last."""
+        last = self.epoch_step >= self.num_epochs
+        periodic = self.infer_every > 0 and self.epoch_step % self.infer_every == 0
+        for self.loader_key, self.loader in self.loaders.items():
+            if self.loader_key.startswith("infer") and not (last or periodic):
+                continue
+            self._run_event("on_loader_start")
+            self._run_loader()
+            self._run_event("on_loader_end")
+
+    def on_loader_start(self, runner):
+        super().on_loader_start(runner)
+        self.meters: Dict[str, metrics.AdditiveMetric] = defaultdict(lambda: metrics.AdditiveMetric(compute_on_call=False))
+        self.infer_rows: List[Dict[str, Any]] = []
+
+    def _update_meters(self, values: Dict[str, float]) -> None:
+        for k, v in values.items():
+            v = float(v)
+            self.batch_metrics[k] = v
+            self.meters[k].update(v, self.batch_size)
+
+    def on_loader_end(self, runner):
+        for k, meter in self.meters.items():
+            self.loader_metrics[k] = meter.compute()[0]
+        if self.is_infer_loader and self.infer_rows:
+            self._finish_infer()
+        super().on_loader_end(runner)
+
+    # ------------------------------------------------------------------ batches
+    def handle_batch(self, batch):
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        if self.is_train_loader:
+            self._train_step(x)
+        elif self.is_valid_loader:
+            self._valid_step(x)
+        else:
+            self._infer_step(x)
+
+    def _forward(self, x, training: bool) -> Dict[str, Any]:
+        """Model forward pass; subclasses may skip work that cannot change the loss."""
+        return self.model(x)
+
+    def _rates(self, out: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        """Criterion outputs plus ``bpp``/``bpp_y``/``bpp_pdf`` aliases of the estimated rates."""
+        values = {k: float(v) for k, v in out.items()}
+        for k in ("bpp", "bpp_y", "bpp_pdf"):
+            if f"{k}_loss" in values:
+                values[k] = values[f"{k}_loss"]
+        return values
+
+    def _train_step(self, x) -> None:
+        out = self.criterion(self._forward(x, training=True), x)
+        loss = out["loss"]
+        net = self.optimizer["net"]
+        net.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            self._skip_nonfinite(float(loss))
+            return
+        self._consecutive_nonfinite = 0
+        loss.backward()
+        net.step()
+        values = self._rates(out)
+        values["aux_loss"] = self._aux_step()
+        self._update_meters(values)
+
+    def _aux_step(self) -> float:
+        aux_loss = self._model().aux_loss()
+        if "aux" in self.optimizer and aux_loss.requires_grad:
+            aux = self.optimizer["aux"]
+            aux.zero_grad(set_to_none=True)
+            aux_loss.backward()
+            aux.step()
+        return float(aux_loss)
+
+    def _skip_nonfinite(self, value: float) -> None:
+        self.nonfinite_steps += 1
+        self._consecutive_nonfinite += 1
+        self.batch_metrics["nonfinite_steps"] = self.nonfinite_steps
+        if self._consecutive_nonfinite >= self.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"loss was {value} for {self._consecutive_nonfinite} consecutive steps "
+                f"(runner.max_nonfinite_steps={self.max_nonfinite_steps}); weights were not updated by them"
+            )
+
+    def _model(self):
+        m = self.model
+        return m.module if hasattr(m, "module") else m
+
+    @torch.no_grad()
+    def _valid_step(self, x) -> None:
+        out = self.criterion(self.model(x), x)
+        values = self._rates(out)
+        values["aux_loss"] = float(self._model().aux_loss())
+        self._update_meters(values)
+
+    @torch.no_grad()
+    def _infer_step(self, x) -> None:
+        model = self._model()
+        model.update(force=True)
+        for i in range(x.shape[0]):
+            modes = ["adaptive"] + [m for m in self.baselines if hasattr(model, "adaptive_codec")]
+            res = evaluate_image(model, x[i : i + 1], modes=modes, pad_multiple=self.pad_multiple)
+            row = dict(res["adaptive"])
+            for mode in modes[1:]:
+                row.update({f"{k}_{mode}": v for k, v in res[mode].items() if k.startswith(("bpp", "psnr"))})
+            row["index"] = len(self.infer_rows)
+            self.infer_rows.append(row)
+            self._update_meters({k: v for k, v in row.items() if k != "index"})
+        if self.log_figures and len(self.infer_rows) == x.shape[0]:
+            self._log_infer_figures(x[:1])
+
+    def _log_infer_figures(self, x) -> None:
+        """Subclasses log figures of the first infer image."""
+
+    # ------------------------------------------------------------------ results
+    @property
+    def run_root(self) -> Path:
+        return Path(self.conf.paths._run_root)
+
+    def _finish_infer(self) -> None:
+        mean = mean_metrics([{k: v for k, v in r.items() if k != "index"} for r in self.infer_rows])
+        lmbda = float(self.conf.criterion.lmbda)
+        point = dict(mean, **{"criterion.lmbda": lmbda, "epoch": self.epoch_step})
+        name = str(self.conf.model.name)
+        meta = {
+            "run_hash": self.run_hash,
+            "dataset": str((self.conf.dataset.infer.get("meta") or {}).get("name", "infer")),
+            "num_images": len(self.infer_rows),
+            "epoch": self.epoch_step,
+        }
+        out = Path(self.conf.paths.results)
+        save_results(out / "infer.json", name, {k: [v] for k, v in point.items()}, description=f"{name} run {self.run_hash}", meta=meta)
+        save_results(out / "infer_per_image.json", name, {k: [r.get(k) for r in self.infer_rows] for k in self.infer_rows[0]}, description="per image", meta=meta)
+        self.infer_summary = point
+
+    # ------------------------------------------------------------------ epochs
+    def on_epoch_end(self, runner):
+        valid = self.epoch_metrics.get(self.conf.engine.get("valid_loader", "valid"), {})
+        metric = valid.get(self.conf.engine.get("valid_metric", "loss"))
+        for key, sch in (self.scheduler or {}).items():
+            if isinstance(sch, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                if metric is not None:
+                    sch.step(metric)
+            else:
+                sch.step()
+        for key, opt in self.optimizer.items():
+            self.epoch_metrics["_epoch_"][f"lr_{key}"] = opt.param_groups[0]["lr"]
+        is_best = metric is not None and metric < self.best_valid
+        if is_best:
+            self.best_valid = metric
+        if self.engine.is_main_process:
+            self._save_checkpoint(is_best)
+        super().on_epoch_end(runner)
+
+    def _save_checkpoint(self, is_best: bool) -> None:
+        state = {
+            "model_state_dict": self._model().state_dict(),
+            "optimizer": {k: o.state_dict() for k, o in self.optimizer.items()},
+            "scheduler": {k: s.state_dict() for k, s in (self.scheduler or {}).items()},
+            "epoch": self.epoch_step,
+            "best_valid": self.best_valid,
+            "nonfinite_steps": self.nonfinite_steps,
+            "run_hash": self.run_hash,
+            "model_name": str(self.conf.model.name),
+            "epoch_metrics": {k: dict(v) for k, v in self.epoch_metrics.items()},
+        }
+        ckpt_dir = Path(self.conf.paths.checkpoints)
+        atomic_save(state, ckpt_dir / "runner.last.pth")
+        if is_best and self.conf.get("misc", {}).get("save_best", True):
+            atomic_save(state, ckpt_dir / "runner.best.pth")

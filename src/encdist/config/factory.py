@@ -1,0 +1,215 @@
+"""Build everything a config names, through one generic factory.
+
+Every config group file names its registry entry with ``type:``; the rest of
+the file is keyword arguments. :func:`create` turns ``(group, conf)`` into an
+object; the ``create_*`` helpers only add what a group needs around it
+(parameter groups for optimizers, transforms and loaders for datasets,
+pretrained weights and freezing for models).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from encdist.errors import ConfigError
+from encdist.registry import lookup
+
+__all__ = [
+    "QUALITY_LMBDA",
+    "register_resolvers",
+    "to_dict",
+    "create",
+    "create_model",
+    "create_criterion",
+    "create_optimizer",
+    "create_scheduler",
+    "create_dataloaders",
+    "create_engine",
+    "validate_config",
+    "trainable_parameter_groups",
+]
+
+#: λ of CompressAI's pretrained bmshj2018-factorized per quality (METHOD.md).
+QUALITY_LMBDA = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.013, 5: 0.025, 6: 0.0483, 7: 0.0932, 8: 0.18}
+
+
+def _lmbda_for_quality(quality) -> float:
+    try:
+        return QUALITY_LMBDA[int(quality)]
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"hp.quality must be one of 1..8 to pick lambda, got {quality!r}") from None
+
+
+def register_resolvers() -> None:
+    """OmegaConf resolvers used by ``conf/``: ``${encdist.lmbda:${hp.quality}}``."""
+    if not OmegaConf.has_resolver("encdist.lmbda"):
+        OmegaConf.register_new_resolver("encdist.lmbda", _lmbda_for_quality)
+
+
+def to_dict(conf: Any) -> Any:
+    return OmegaConf.to_container(conf, resolve=True) if isinstance(conf, DictConfig) else conf
+
+
+def _require(conf: Mapping, key: str, where: str):
+    if conf is None or key not in conf or conf[key] is None:
+        raise ConfigError(f"missing required config key {where}.{key}")
+    return conf[key]
+
+
+def create(group: str, conf: Mapping[str, Any], where: str | None = None, **extra) -> Any:
+    """Instantiate the registry entry ``conf["type"]`` of ``group`` with the other keys as arguments."""
+    where = where or group
+    conf = to_dict(conf) or {}
+    kind = _require(conf, "type", where)
+    cls = lookup(group, kind)
+    kwargs = {k: v for k, v in conf.items() if k != "type"}
+    try:
+        return cls(**kwargs, **extra)
+    except TypeError as e:
+        raise ConfigError(f"{where} ({kind}): {e}") from None
+
+
+# ---------------------------------------------------------------------- model
+def create_model(conf: DictConfig) -> torch.nn.Module:
+    """``MODELS[model.name](**hp)``, then pretrained transforms and freezing as configured."""
+    from encdist.pretrained import load_pretrained_into
+
+    name = _require(conf.model, "name", "model")
+    cls = lookup("model", name)
+    hp = {k: v for k, v in (to_dict(conf.get("hp")) or {}).items() if k != "quality"}
+    try:
+        model = cls(**hp)
+    except TypeError as e:
+        raise ConfigError(f"hp does not fit model {name!r}: {e}") from None
+    pre = to_dict(conf.model.get("pretrained"))
+    if pre:
+        source = pre.get("source")
+        if source == "zoo":
+            load_pretrained_into(model, "zoo", quality=pre.get("quality"), metric=pre.get("metric", "mse"))
+        elif source == "checkpoint":
+            path = pre.get("path")
+            if not path:
+                raise ConfigError("model.pretrained.source=checkpoint needs paths.pretrained=<checkpoint>")
+            load_pretrained_into(model, path)
+        else:
+            raise ConfigError(f"model.pretrained.source must be 'zoo' or 'checkpoint', got {source!r}")
+    freeze = list(to_dict(conf.model.get("freeze")) or [])
+    if freeze:
+        if not hasattr(model, "freeze"):
+            raise ConfigError(f"model.freeze: {name} does not support freezing")
+        try:
+            model.freeze(freeze)
+        except ValueError as e:
+            raise ConfigError(f"model.freeze: {e}") from None
+    return model
+
+
+def create_criterion(conf: DictConfig) -> torch.nn.Module:
+    return create("criterion", conf.criterion, "criterion")
+
+
+# ---------------------------------------------------------------------- optimization
+def trainable_parameter_groups(model: torch.nn.Module) -> Dict[str, list]:
+    """``net``: trainable parameters but quantiles; ``aux``: trainable ``quantiles``."""
+    groups: Dict[str, list] = {"net": [], "aux": []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups["aux" if name.endswith("quantiles") else "net"].append(p)
+    return groups
+
+
+def create_optimizer(conf: DictConfig, model: torch.nn.Module) -> Dict[str, torch.optim.Optimizer]:
+    """One optimizer per group of ``optimizer`` that has trainable parameters."""
+    groups = trainable_parameter_groups(model)
+    if not groups["net"]:
+        raise ConfigError("nothing to train: every parameter is frozen (check model.freeze)")
+    out = {}
+    for key, opt_conf in (to_dict(conf.optimizer) or {}).items():
+        if key not in groups:
+            raise ConfigError(f"optimizer.{key}: unknown parameter group (use 'net' and 'aux')")
+        if groups[key]:
+            out[key] = create("optimizer", opt_conf, f"optimizer.{key}", params=groups[key])
+    if "net" not in out:
+        raise ConfigError("missing required config key optimizer.net")
+    return out
+
+
+def create_scheduler(conf: DictConfig, optimizers: Dict[str, torch.optim.Optimizer]) -> Dict[str, Any]:
+    out = {}
+    for key, sch_conf in (to_dict(conf.get("scheduler")) or {}).items():
+        if key not in optimizers:
+            raise ConfigError(f"scheduler.{key}: no optimizer {key!r}")
+        out[key] = create("scheduler", sch_conf, f"scheduler.{key}", optimizer=optimizers[key])
+    return out
+
+
+# ---------------------------------------------------------------------- data
+def create_dataloaders(conf: DictConfig) -> Dict[str, DataLoader]:
+    """``dataset.<loader>`` -> ``DataLoader(cls(**config, transform=...), **loader)``."""
+    from encdist.datasets import build_transforms
+
+    loaders = {}
+    for key, ds_conf in (to_dict(conf.dataset) or {}).items():
+        where = f"dataset.{key}"
+        kind = _require(ds_conf, "type", where)
+        cls = lookup("dataset", kind)
+        transform = build_transforms(ds_conf.get("transforms"))
+        kwargs = dict(ds_conf.get("config") or {})
+        try:
+            dataset = cls(**kwargs, transform=transform)
+        except TypeError as e:
+            raise ConfigError(f"{where}.config ({kind}): {e}") from None
+        loader_kwargs = dict(ds_conf.get("loader") or {})
+        loaders[key] = DataLoader(dataset, **loader_kwargs)
+    for key in ("train", "valid"):
+        if key not in loaders:
+            raise ConfigError(f"missing required config key dataset.{key}")
+    return loaders
+
+
+# ---------------------------------------------------------------------- engine
+def create_engine(conf: DictConfig):
+    """A Catalyst engine: ``type: auto`` picks CPU or one GPU."""
+    from catalyst import dl
+
+    e = to_dict(conf.engine) or {}
+    kind = e.get("type", "auto")
+    if kind == "auto":
+        return dl.GPUEngine() if torch.cuda.is_available() else dl.CPUEngine()
+    engines = {k: getattr(dl, k) for k in ("CPUEngine", "GPUEngine", "DataParallelEngine", "DistributedDataParallelEngine")}
+    if kind not in engines:
+        raise ConfigError(f"unknown engine type {kind!r} (known: auto, {', '.join(engines)})")
+    kwargs = {k: v for k, v in e.items() if k in ("address", "port", "world_size")}
+    return engines[kind](**kwargs)
+
+
+# ---------------------------------------------------------------------- validation
+def validate_config(conf: DictConfig) -> None:
+    """Fail fast, with one line naming the key, before anything is built or trained."""
+    for key in ("model", "criterion", "optimizer", "dataset", "engine", "runner", "paths"):
+        if key not in conf or conf[key] is None:
+            raise ConfigError(f"missing required config key {key}")
+    try:
+        OmegaConf.to_container(conf, resolve=True)
+    except Exception as e:  # interpolation errors name the key themselves
+        raise ConfigError(f"config does not resolve: {str(e).splitlines()[0]}") from None
+    lookup("model", _require(conf.model, "name", "model"))
+    lookup("criterion", _require(conf.criterion, "type", "criterion"))
+    lookup("runner", _require(conf.runner, "type", "runner"))
+    for key, ds in conf.dataset.items():
+        lookup("dataset", _require(ds, "type", f"dataset.{key}"))
+    for key, opt in conf.optimizer.items():
+        lookup("optimizer", _require(opt, "type", f"optimizer.{key}"))
+    for key, sch in (conf.get("scheduler") or {}).items():
+        lookup("scheduler", _require(sch, "type", f"scheduler.{key}"))
+    lmbda = conf.criterion.get("lmbda")
+    if isinstance(lmbda, bool) or not isinstance(lmbda, (int, float)) or not math.isfinite(lmbda) or lmbda <= 0:
+        raise ConfigError(f"criterion.lmbda must be a positive number, got {lmbda!r}")
+    epochs = conf.engine.get("num_epochs")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"engine.num_epochs must be a positive integer, got {epochs!r}")

@@ -1,0 +1,151 @@
+"""The distribution codec ("pdf model") of Ulhaq & Bajić, ICIP 2024.
+
+A small 1-D compression model whose *signal* is the per-channel histogram
+``p`` of a latent (``(n, C, B)``: ``C`` channels over ``B`` bins). It has its
+own entropy bottleneck; the bitstream it produces is the *side bitstream*
+(``pdf``) that lets the decoder rebuild the encoding distributions ``p̂``.
+
+.. code-block:: none
+
+    p (n, C, B) ─► g_a_pdf ─► v (n, M, B/8) ─► Q ─► EntropyBottleneck(M) ─► "pdf" strings
+                                                     │
+    p̂ (n, C, B) ◄─ softmax over bins ◄─ g_s_pdf ◄─ v̂
+
+    g_a_pdf: Conv1d(C → C0, 5) · Conv1d(C0 → N, K, s2) · Conv1d(N → N, K, s2)
+             · Conv1d(N → N, K, s2) · Conv1d(N → M, K)           with C0 = max(N, C/2)
+    g_s_pdf: the mirror image with ConvTranspose1d, then Conv1d(C0 → C, 5), softmax.
+
+Every convolution is grouped (``groups`` = 8 by default) and followed by a
+channel shuffle so that groups exchange information; ReLU between layers.
+Paper sizes: ``(N, M) = (32, 16)`` for latents of ``C = 192`` channels and
+``(64, 32)`` for ``C = 320``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck
+from torch import Tensor
+
+from encdist.coding import entropy_bottleneck_decompress
+from encdist.registry import register_module
+
+__all__ = ["ChannelShuffle", "PdfModel", "default_pdf_sizes"]
+
+
+def default_pdf_sizes(num_channels: int) -> tuple[int, int]:
+    """The paper's ``(N, M)`` for a latent with ``num_channels`` channels."""
+    return (32, 16) if num_channels <= 192 else (64, 32)
+
+
+class ChannelShuffle(nn.Module):
+    """Interleave the channels of ``groups`` groups (ShuffleNet)."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.groups == 1:
+            return x
+        n, c, *rest = x.shape
+        return x.reshape(n, self.groups, c // self.groups, *rest).transpose(1, 2).reshape(n, c, *rest)
+
+
+def _groups(groups: int, c_in: int, c_out: int) -> int:
+    return math.gcd(groups, math.gcd(c_in, c_out))
+
+
+def _conv(c_in, c_out, k, stride, groups, transpose=False) -> list[nn.Module]:
+    g = _groups(groups, c_in, c_out)
+    if transpose:
+        conv = nn.ConvTranspose1d(
+            c_in, c_out, k, stride=stride, padding=k // 2, output_padding=stride - 1, groups=g
+        )
+    else:
+        conv = nn.Conv1d(c_in, c_out, k, stride=stride, padding=k // 2, groups=g)
+    return [conv, ChannelShuffle(g)]
+
+
+@register_module("PdfModel")
+class PdfModel(nn.Module):
+    """Compresses per-channel distributions ``p`` (``(n, C, B)``) into a side bitstream.
+
+    Args:
+        num_channels: ``C``, channels of the latent whose distributions are coded.
+        num_bins: ``B``, bins of each distribution; a multiple of ``2**num_downsample``.
+        N, M: hidden and latent channels (default: the paper's sizes for ``C``).
+        kernel_size: ``K`` of the strided layers.
+        groups: groups of every convolution (reduced per layer to divide both sides).
+        num_downsample: strided layers (3 in the paper).
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        num_bins: int = 256,
+        N: int | None = None,
+        M: int | None = None,
+        kernel_size: int = 15,
+        groups: int = 8,
+        num_downsample: int = 3,
+    ):
+        super().__init__()
+        dN, dM = default_pdf_sizes(num_channels)
+        N = dN if N is None else int(N)
+        M = dM if M is None else int(M)
+        if num_bins % (2**num_downsample):
+            raise ValueError(f"num_bins={num_bins} must be a multiple of {2 ** num_downsample}")
+        self.num_channels, self.num_bins, self.N, self.M = num_channels, num_bins, N, M
+        self.num_downsample = num_downsample
+        C0 = max(N, num_channels // 2)
+        K = kernel_size
+
+        a = _conv(num_channels, C0, 5, 1, groups)
+        chans = [C0] + [N] * num_downsample
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            a += [nn.ReLU(inplace=True)] + _conv(c_in, c_out, K, 2, groups)
+        a += [nn.ReLU(inplace=True)] + _conv(N, M, K, 1, groups)
+        self.g_a = nn.Sequential(*a)
+
+        s = _conv(M, N, K, 1, groups, transpose=True)
+        rchans = chans[::-1]
+        for c_in, c_out in zip(rchans[:-1], rchans[1:]):
+            s += [nn.ReLU(inplace=True)] + _conv(c_in, c_out, K, 2, groups, transpose=True)
+        s += [nn.ReLU(inplace=True)] + _conv(C0, num_channels, 5, 1, groups)
+        self.g_s = nn.Sequential(*s)
+
+        self.entropy_bottleneck = EntropyBottleneck(M)
+
+    @property
+    def latent_length(self) -> int:
+        return self.num_bins // 2**self.num_downsample
+
+    def synthesize(self, v_hat: Tensor) -> Tensor:
+        """``p̂ = softmax(g_s(v̂))`` over bins; float32 for reproducible CDFs."""
+        return F.softmax(self.g_s(v_hat).float(), dim=-1)
+
+    def forward(self, p: Tensor) -> dict:
+        v = self.g_a(p)
+        v_hat, v_likelihoods = self.entropy_bottleneck(v)
+        return {"p_hat": self.synthesize(v_hat), "likelihoods": v_likelihoods}
+
+    def compress(self, p: Tensor) -> dict:
+        v = self.g_a(p)
+        strings = self.entropy_bottleneck.compress(v)
+        return {"strings": strings, "shape": tuple(v.shape[2:])}
+
+    def decompress(self, strings: list[bytes], shape=None) -> Tensor:
+        """Rebuild ``p̂`` from side strings, one image at a time.
+
+        Decoding images one by one makes ``p̂`` independent of how images are
+        batched, so encoder and decoder derive bit-identical tables.
+        """
+        shape = tuple(shape) if shape is not None else (self.latent_length,)
+        eb = self.entropy_bottleneck
+        out = [self.synthesize(entropy_bottleneck_decompress(eb, [s], shape, "pdf stream")) for s in strings]
+        return torch.cat(out, dim=0)

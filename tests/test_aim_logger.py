@@ -1,0 +1,378 @@
+"""Tests of encdist.aim_logger: Aim tracking for catalyst runners."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+LOADERS = ("train", "valid", "infer")
+
+
+def _value(name: str, loader: str, step: int, offset: float = 0.0) -> float:
+    base = {"bpp_y": 0.5, "bpp_pdf": 0.01, "loss": 3.0}[name]
+    return base + LOADERS.index(loader) * 0.1 + step * 0.001 + offset
+
+
+def _epoch_metrics(step: int, offset: float = 0.0) -> dict:
+    """Catalyst's epoch-scope dict: one entry per loader plus ``_epoch_``."""
+    metrics = {
+        loader: {name: _value(name, loader, step, offset) for name in ("bpp_y", "bpp_pdf", "loss")}
+        for loader in LOADERS
+    }
+    metrics["_epoch_"] = {"lr": 1e-4}
+    return metrics
+
+
+def _runner(epoch_step=0, loader_key=None, batch_step=0, sample_step=0):
+    return SimpleNamespace(
+        epoch_step=epoch_step, loader_key=loader_key, batch_step=batch_step, sample_step=sample_step
+    )
+
+
+def _series(repo_path, run_hash: str, name: str, context: dict):
+    """(steps, values) of a metric read back through a fresh ``aim.Repo``."""
+    import aim
+    from aim.sdk.context import Context
+
+    run = aim.Repo(str(repo_path)).get_run(run_hash)
+    assert run is not None, f"run {run_hash} not found (not indexed?)"
+    metric = run.get_metric(name, Context(context))
+    assert metric is not None, f"no metric {name} {context}"
+    steps, (values,) = metric.data.view("val").items_list()
+    return list(steps), list(values)
+
+
+def _log_epochs(logger, steps, offset=0.0):
+    for step in steps:
+        logger.log_metrics(_epoch_metrics(step, offset), scope="epoch", runner=_runner(epoch_step=step))
+
+
+# --------------------------------------------------------------------------- basics
+def test_new_run_hash_is_aim_style():
+    from encdist.aim_logger import new_run_hash
+
+    a, b = new_run_hash(), new_run_hash()
+    assert a != b and len(a) == 24 and int(a, 16) >= 0
+
+
+def test_epoch_metrics_per_loader_context(tmp_path):
+    import aim
+
+    from encdist.aim_logger import AimLogger, new_run_hash
+
+    run_hash = new_run_hash()
+    (tmp_path / "runs" / run_hash).mkdir(parents=True)  # runner makes the run folder first
+    logger = AimLogger(str(tmp_path / "aim"), experiment="exp", run_hash=run_hash)
+    assert logger.run_hash == run_hash and not logger.resumed
+    assert logger.log_epoch_metrics and not logger.log_batch_metrics
+    _log_epochs(logger, [1, 2, 3])
+    # "loader" scope repeats values catalyst reports again at epoch end: skipped
+    logger.log_metrics({"bpp_y": 99.0}, scope="loader", runner=_runner(3, "valid"))
+    # batch metrics are off by default
+    logger.log_metrics({"bpp_y": 99.0}, scope="batch", runner=_runner(3, "train", 7))
+    logger.close_log()
+    logger.close_log()  # idempotent
+
+    for loader in LOADERS:
+        for name in ("bpp_y", "bpp_pdf", "loss"):
+            steps, values = _series(tmp_path / "aim", run_hash, name, {"loader": loader, "scope": "epoch"})
+            assert steps == [1, 2, 3]
+            assert values == pytest.approx([_value(name, loader, s) for s in (1, 2, 3)])
+    steps, values = _series(tmp_path / "aim", run_hash, "lr", {"loader": "_epoch_", "scope": "epoch"})
+    assert steps == [1, 2, 3] and values == pytest.approx([1e-4] * 3)
+
+    repo = aim.Repo(str(tmp_path / "aim"))
+    names = {(m.name, m.context.get("scope")) for m in repo.query_metrics("", report_mode=0).iter()}
+    assert ("bpp_y", "batch") not in names and ("bpp_y", "loader") not in names
+    query = "metric.name == 'bpp_y' and metric.context.loader == 'valid'"
+    found = list(repo.query_metrics(query, report_mode=0).iter())
+    assert [m.run.hash for m in found] == [run_hash]
+    assert repo.get_run(run_hash).experiment == "exp"
+
+
+def test_batch_metrics_use_batch_or_sample_step(tmp_path):
+    from encdist.aim_logger import AimLogger
+
+    repo = str(tmp_path / "aim")
+    with AimLogger(repo, log_batch_metrics=True, log_epoch_metrics=False) as logger:
+        for batch_step in (1, 2, 3):
+            runner = _runner(1, "train", batch_step, sample_step=batch_step * 8)
+            logger.log_metrics({"loss": 10.0 - batch_step, "bpp_y": 0.1 * batch_step}, "batch", runner)
+        logger.log_metrics(_epoch_metrics(1), scope="epoch", runner=_runner(1))  # off
+        hash_a = logger.run_hash
+    with AimLogger(repo, log_batch_metrics=True, batch_step="sample_step") as logger:
+        logger.log_metrics({"loss": 1.0}, "batch", _runner(1, "valid", 2, sample_step=16))
+        hash_b = logger.run_hash
+
+    steps, values = _series(repo, hash_a, "loss", {"loader": "train", "scope": "batch"})
+    assert steps == [1, 2, 3] and values == pytest.approx([9.0, 8.0, 7.0])
+    with pytest.raises(AssertionError, match="no metric"):
+        _series(repo, hash_a, "bpp_y", {"loader": "train", "scope": "epoch"})
+    assert _series(repo, hash_b, "loss", {"loader": "valid", "scope": "batch"}) == ([16], [1.0])
+
+
+def test_hparams_round_trip_resolves_omegaconf(tmp_path):
+    import aim
+    from omegaconf import OmegaConf
+
+    from encdist.aim_logger import AimLogger
+
+    conf = OmegaConf.create(
+        {
+            "model": {"name": "bmshj2018-factorized-pdf", "N": 128, "M": "${.N}"},
+            "optimizer": {"net": {"type": "Adam", "lr": 1e-4}},
+            "paths": {"_common_root": "/tmp/x", "aim": "${._common_root}/aim"},
+            "dataset": {"train": {"patch_size": [256, 256]}},
+        }
+    )
+    with AimLogger(str(tmp_path / "aim")) as logger:
+        logger.log_hparams(conf)
+        run_hash = logger.run_hash
+    hparams = aim.Repo(str(tmp_path / "aim")).get_run(run_hash)["hparams"]
+    assert hparams == OmegaConf.to_container(conf, resolve=True)
+    assert hparams["model"]["M"] == 128 and hparams["paths"]["aim"] == "/tmp/x/aim"
+
+
+def test_bad_config_interpolation_is_one_line_error(tmp_path):
+    from omegaconf import OmegaConf
+
+    from encdist.aim_logger import AimLogger
+    from encdist.errors import ConfigError
+
+    with AimLogger(str(tmp_path / "aim")) as logger:
+        with pytest.raises(ConfigError) as info:
+            logger.log_hparams(OmegaConf.create({"a": "${missing.key}"}))
+    assert "\n" not in str(info.value)
+
+
+def test_resume_appends_to_same_run(tmp_path):
+    import aim
+
+    from encdist.aim_logger import AimLogger, TrackingError
+    from encdist.errors import ConfigError
+
+    repo = str(tmp_path / "aim")
+    first = AimLogger(repo, experiment="exp")
+    run_hash = first.run_hash
+    _log_epochs(first, [1, 2])
+    # the run is locked while open: a second writer fails at once, in one line
+    t0 = time.monotonic()
+    with pytest.raises(TrackingError, match="in use by another process") as info:
+        AimLogger(repo, run_hash=run_hash)
+    assert time.monotonic() - t0 < 5 and "\n" not in str(info.value)
+    first.close_log()
+
+    resumed = AimLogger(repo, experiment="exp", run_hash=run_hash)
+    assert resumed.resumed and resumed.run_hash == run_hash
+    _log_epochs(resumed, [3, 4])
+    resumed.close_log()
+
+    assert aim.Repo(repo).list_all_runs() == [run_hash]
+    steps, values = _series(repo, run_hash, "bpp_y", {"loader": "valid", "scope": "epoch"})
+    assert steps == [1, 2, 3, 4]
+    assert values == pytest.approx([_value("bpp_y", "valid", s) for s in (1, 2, 3, 4)])
+
+    with pytest.raises(ConfigError, match="invalid Aim run hash"):
+        AimLogger(repo, run_hash="../escape")
+
+
+def test_log_figure_and_image(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import aim
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from aim.sdk.context import Context
+
+    from encdist.aim_logger import AimLogger, TrackingError
+
+    fig, ax = plt.subplots(figsize=(3, 2), dpi=50)
+    ax.plot([0.1, 0.2, 0.4], [30.0, 32.0, 35.0], "o-")
+    ax.set_xlabel("bpp")
+    image = np.zeros((8, 12, 3), dtype=np.uint8)
+    image[:, :6] = 255
+    with AimLogger(str(tmp_path / "aim")) as logger:
+        logger.log_figure("rd_curve", fig, context={"loader": "infer"}, step=1)
+        logger.log_image("reconstruction", image, runner=_runner(2, "valid"), scope="loader")
+        logger.log_image("figure_as_image", fig, runner=_runner(2, "valid"), scope="loader")
+        with pytest.raises(TypeError, match="matplotlib or plotly figure"):
+            logger.log_figure("not_a_figure", object())
+        run_hash = logger.run_hash
+    plt.close(fig)
+    with pytest.raises(TrackingError, match="already closed"):
+        logger.log_figure("rd_curve", fig)
+
+    run = aim.Repo(str(tmp_path / "aim")).get_run(run_hash)
+    seq = run.get_image_sequence("rd_curve", Context({"loader": "infer"}))
+    steps, (images,) = seq.data.view("val").items_list()
+    assert steps == [1]
+    pil = images[0].to_pil_image()
+    assert pil.size == (150, 100)
+    seq = run.get_image_sequence("reconstruction", Context({"loader": "valid", "scope": "loader"}))
+    steps, (images,) = seq.data.view("val").items_list()
+    assert steps == [2]
+    assert np.array_equal(np.asarray(images[0].to_pil_image().convert("RGB")), image)
+    assert run.get_image_sequence("figure_as_image", Context({"loader": "valid", "scope": "loader"}))
+
+
+def test_no_threads_left_after_close(tmp_path):
+    import threading
+
+    from encdist.aim_logger import AimLogger
+
+    before = {t.ident for t in threading.enumerate()}
+    logger = AimLogger(str(tmp_path / "aim"))
+    _log_epochs(logger, [1])
+    logger.close_log()
+    time.sleep(0.1)
+    left = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert left == []
+
+
+# ------------------------------------------------------------------ two processes
+def _concurrent_worker(repo: str, worker: int, n: int, barrier) -> None:
+    from encdist.aim_logger import AimLogger
+
+    barrier.wait(timeout=120)  # start tracking together (imports take a while)
+    logger = AimLogger(repo, experiment=f"worker{worker}")
+    for step in range(n):
+        runner = _runner(epoch_step=step)
+        logger.log_metrics(
+            {"train": {"bpp_y": _value("bpp_y", "train", step, offset=worker)}}, "epoch", runner
+        )
+    logger.log_hparams({"worker": worker})
+    logger.close_log()
+
+
+def test_two_processes_share_one_repo(tmp_path):
+    import aim
+
+    repo = str(tmp_path / "aim")
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    n = 50
+    procs = [ctx.Process(target=_concurrent_worker, args=(repo, w, n, barrier)) for w in (1, 2)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(timeout=180)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+    assert [p.exitcode for p in procs] == [0, 0]
+
+    repo_obj = aim.Repo(repo)
+    hashes = repo_obj.list_all_runs()
+    assert len(hashes) == 2
+    seen = set()
+    for run_hash in hashes:
+        worker = repo_obj.get_run(run_hash)["hparams"]["worker"]
+        seen.add(worker)
+        steps, values = _series(repo, run_hash, "bpp_y", {"loader": "train", "scope": "epoch"})
+        assert steps == list(range(n))
+        assert values == pytest.approx([_value("bpp_y", "train", s, offset=worker) for s in range(n)])
+    assert seen == {1, 2}
+
+
+# ---------------------------------------------------------------- aim up dashboard
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http(method: str, url: str, body=None, timeout: float = 10.0):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, json.loads(response.read().decode())
+
+
+@pytest.mark.slow
+def test_aim_up_dashboard_serves_logged_metrics(tmp_path):
+    from encdist.aim_logger import AimLogger
+
+    repo = tmp_path / "aim"
+    steps = [1, 2, 3]
+    with AimLogger(str(repo), experiment="dashboard") as logger:
+        _log_epochs(logger, steps)
+        logger.log_hparams({"model": {"name": "bmshj2018-factorized-pdf"}})
+        run_hash = logger.run_hash
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}/api"
+    aim_cli = Path(sys.executable).with_name("aim")
+    log_path = tmp_path / "aim_up.log"
+    env = {**os.environ, "AIM_UI_TELEMETRY_ENABLED": "0"}
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [str(aim_cli), "up", "--repo", str(repo), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1", "--yes"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,  # own process group: aim up starts uvicorn as a child
+        )
+    try:
+        deadline = time.monotonic() + 120
+        info = None
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                pytest.fail(f"aim up exited with {server.returncode}:\n{log_path.read_text()[-2000:]}")
+            try:
+                status, info = _http("GET", f"{base}/runs/{run_hash}/info/", timeout=5)
+                if status == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"aim up did not answer within 120 s:\n{log_path.read_text()[-2000:]}")
+
+        assert info["params"]["hparams"] == {"model": {"name": "bmshj2018-factorized-pdf"}}
+        assert info["props"]["experiment"]["name"] == "dashboard"
+        listed = {(t["name"], t["context"].get("loader")) for t in info["traces"]["metric"]}
+        for loader in LOADERS:
+            assert ("bpp_y", loader) in listed and ("bpp_pdf", loader) in listed
+
+        requested = [
+            {"name": name, "context": {"loader": loader, "scope": "epoch"}}
+            for name in ("bpp_y", "bpp_pdf")
+            for loader in LOADERS
+        ]
+        status, traces = _http("POST", f"{base}/runs/{run_hash}/metric/get-batch/", requested, timeout=30)
+        assert status == 200 and len(traces) == len(requested)
+        for trace in traces:
+            loader = trace["context"]["loader"]
+            assert trace["iters"] == steps
+            assert trace["values"] == pytest.approx([_value(trace["name"], loader, s) for s in steps])
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # whatever of the group (uvicorn) is left
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        server.wait(timeout=15)
