@@ -31,7 +31,7 @@ class AdaptiveDistributionRunner(BaseRunner):
         self.skip_frozen_synthesis = bool(conf.runner.get("skip_frozen_synthesis", True))
 
     def _forward(self, x, training: bool):
-        model = self._model()
+        model = self.raw_model
         skip = training and self.skip_frozen_synthesis and model.is_frozen("g_s")
         return self.model(x, with_x_hat=not skip)
 
@@ -41,7 +41,7 @@ class AdaptiveDistributionRunner(BaseRunner):
             return
         from encdist.plotting import plot_channel_rates, plot_distributions, plot_rd
 
-        model = self._model()
+        model = self.raw_model
         x_pad, _ = pad_to_multiple(x, self.pad_multiple)
         out = model(x_pad, with_x_hat=False)
         p, p_hat = out["p"][0], out["p_hat"][0]

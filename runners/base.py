@@ -158,7 +158,7 @@ class BaseRunner(dl.Runner):
         self._update_meters(values)
 
     def _aux_step(self) -> float:
-        aux_loss = self._model().aux_loss()
+        aux_loss = self.raw_model.aux_loss()
         if "aux" in self.optimizer and aux_loss.requires_grad:
             aux = self.optimizer["aux"]
             aux.zero_grad(set_to_none=True)
@@ -176,7 +176,9 @@ class BaseRunner(dl.Runner):
                 f"(runner.max_nonfinite_steps={self.max_nonfinite_steps}); weights were not updated by them"
             )
 
-    def _model(self):
+    @property
+    def raw_model(self):
+        """The model without a data-parallel wrapper."""
         m = self.model
         return m.module if hasattr(m, "module") else m
 
@@ -184,12 +186,12 @@ class BaseRunner(dl.Runner):
     def _valid_step(self, x) -> None:
         out = self.criterion(self.model(x), x)
         values = self._rates(out)
-        values["aux_loss"] = float(self._model().aux_loss())
+        values["aux_loss"] = float(self.raw_model.aux_loss())
         self._update_meters(values)
 
     @torch.no_grad()
     def _infer_step(self, x) -> None:
-        model = self._model()
+        model = self.raw_model
         model.update(force=True)
         for i in range(x.shape[0]):
             modes = ["adaptive"] + [m for m in self.baselines if hasattr(model, "adaptive_codec")]
@@ -225,7 +227,7 @@ class BaseRunner(dl.Runner):
         out = Path(self.conf.paths.results)
         save_results(out / "infer.json", name, {k: [v] for k, v in point.items()}, description=f"{name} run {self.run_hash}", meta=meta)
         save_results(out / "infer_per_image.json", name, {k: [r.get(k) for r in self.infer_rows] for k in self.infer_rows[0]}, description="per image", meta=meta)
-        self.infer_summary = point
+        self.infer_summary = dict(point, num_images=len(self.infer_rows))
 
     # ------------------------------------------------------------------ epochs
     def on_epoch_end(self, runner):
@@ -248,7 +250,7 @@ class BaseRunner(dl.Runner):
 
     def _save_checkpoint(self, is_best: bool) -> None:
         state = {
-            "model_state_dict": self._model().state_dict(),
+            "model_state_dict": self.raw_model.state_dict(),
             "optimizer": {k: o.state_dict() for k, o in self.optimizer.items()},
             "scheduler": {k: s.state_dict() for k, s in (self.scheduler or {}).items()},
             "epoch": self.epoch_step,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,7 +45,7 @@ def _runner(epoch_step=0, loader_key=None, batch_step=0, sample_step=0):
 def _series(repo_path, run_hash: str, name: str, context: dict):
     """(steps, values) of a metric read back through a fresh ``aim.Repo``."""
     import aim
-    from aim.sdk.context import Context
+    from aim.storage.context import Context
 
     run = aim.Repo(str(repo_path)).get_run(run_hash)
     assert run is not None, f"run {run_hash} not found (not indexed?)"
@@ -59,6 +60,24 @@ def _log_epochs(logger, steps, offset=0.0):
         logger.log_metrics(_epoch_metrics(step, offset), scope="epoch", runner=_runner(epoch_step=step))
 
 
+@pytest.fixture(scope="module")
+def _template_repo(tmp_path_factory):
+    """An initialised, empty Aim repository (creating one costs ~2 s of migrations)."""
+    from aim.sdk.repo import Repo
+
+    path = tmp_path_factory.mktemp("aim_template")
+    Repo.from_path(str(path), init=True)
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path, _template_repo):
+    """Path of a fresh Aim repository (a copy of the template)."""
+    path = tmp_path / "aim"
+    shutil.copytree(_template_repo, path)
+    return str(path)
+
+
 # --------------------------------------------------------------------------- basics
 def test_new_run_hash_is_aim_style():
     from encdist.aim_logger import new_run_hash
@@ -67,14 +86,14 @@ def test_new_run_hash_is_aim_style():
     assert a != b and len(a) == 24 and int(a, 16) >= 0
 
 
-def test_epoch_metrics_per_loader_context(tmp_path):
+def test_epoch_metrics_per_loader_context(tmp_path, repo):
     import aim
 
     from encdist.aim_logger import AimLogger, new_run_hash
 
     run_hash = new_run_hash()
     (tmp_path / "runs" / run_hash).mkdir(parents=True)  # runner makes the run folder first
-    logger = AimLogger(str(tmp_path / "aim"), experiment="exp", run_hash=run_hash)
+    logger = AimLogger(repo, experiment="exp", run_hash=run_hash)
     assert logger.run_hash == run_hash and not logger.resumed
     assert logger.log_epoch_metrics and not logger.log_batch_metrics
     _log_epochs(logger, [1, 2, 3])
@@ -87,25 +106,24 @@ def test_epoch_metrics_per_loader_context(tmp_path):
 
     for loader in LOADERS:
         for name in ("bpp_y", "bpp_pdf", "loss"):
-            steps, values = _series(tmp_path / "aim", run_hash, name, {"loader": loader, "scope": "epoch"})
+            steps, values = _series(repo, run_hash, name, {"loader": loader, "scope": "epoch"})
             assert steps == [1, 2, 3]
             assert values == pytest.approx([_value(name, loader, s) for s in (1, 2, 3)])
-    steps, values = _series(tmp_path / "aim", run_hash, "lr", {"loader": "_epoch_", "scope": "epoch"})
+    steps, values = _series(repo, run_hash, "lr", {"loader": "_epoch_", "scope": "epoch"})
     assert steps == [1, 2, 3] and values == pytest.approx([1e-4] * 3)
 
-    repo = aim.Repo(str(tmp_path / "aim"))
-    names = {(m.name, m.context.get("scope")) for m in repo.query_metrics("", report_mode=0).iter()}
+    repo_obj = aim.Repo(repo)
+    names = {(m.name, m.context.to_dict().get("scope")) for m in repo_obj.query_metrics("", report_mode=0).iter()}
     assert ("bpp_y", "batch") not in names and ("bpp_y", "loader") not in names
     query = "metric.name == 'bpp_y' and metric.context.loader == 'valid'"
-    found = list(repo.query_metrics(query, report_mode=0).iter())
+    found = list(repo_obj.query_metrics(query, report_mode=0).iter())
     assert [m.run.hash for m in found] == [run_hash]
-    assert repo.get_run(run_hash).experiment == "exp"
+    assert repo_obj.get_run(run_hash).experiment == "exp"
 
 
-def test_batch_metrics_use_batch_or_sample_step(tmp_path):
+def test_batch_metrics_use_batch_or_sample_step(repo):
     from encdist.aim_logger import AimLogger
 
-    repo = str(tmp_path / "aim")
     with AimLogger(repo, log_batch_metrics=True, log_epoch_metrics=False) as logger:
         for batch_step in (1, 2, 3):
             runner = _runner(1, "train", batch_step, sample_step=batch_step * 8)
@@ -123,7 +141,7 @@ def test_batch_metrics_use_batch_or_sample_step(tmp_path):
     assert _series(repo, hash_b, "loss", {"loader": "valid", "scope": "batch"}) == ([16], [1.0])
 
 
-def test_hparams_round_trip_resolves_omegaconf(tmp_path):
+def test_hparams_round_trip_resolves_omegaconf(repo):
     import aim
     from omegaconf import OmegaConf
 
@@ -137,33 +155,32 @@ def test_hparams_round_trip_resolves_omegaconf(tmp_path):
             "dataset": {"train": {"patch_size": [256, 256]}},
         }
     )
-    with AimLogger(str(tmp_path / "aim")) as logger:
+    with AimLogger(repo) as logger:
         logger.log_hparams(conf)
         run_hash = logger.run_hash
-    hparams = aim.Repo(str(tmp_path / "aim")).get_run(run_hash)["hparams"]
+    hparams = aim.Repo(repo).get_run(run_hash)["hparams"]
     assert hparams == OmegaConf.to_container(conf, resolve=True)
     assert hparams["model"]["M"] == 128 and hparams["paths"]["aim"] == "/tmp/x/aim"
 
 
-def test_bad_config_interpolation_is_one_line_error(tmp_path):
+def test_bad_config_interpolation_is_one_line_error(repo):
     from omegaconf import OmegaConf
 
     from encdist.aim_logger import AimLogger
     from encdist.errors import ConfigError
 
-    with AimLogger(str(tmp_path / "aim")) as logger:
+    with AimLogger(repo) as logger:
         with pytest.raises(ConfigError) as info:
             logger.log_hparams(OmegaConf.create({"a": "${missing.key}"}))
     assert "\n" not in str(info.value)
 
 
-def test_resume_appends_to_same_run(tmp_path):
+def test_resume_appends_to_same_run(repo):
     import aim
 
     from encdist.aim_logger import AimLogger, TrackingError
     from encdist.errors import ConfigError
 
-    repo = str(tmp_path / "aim")
     first = AimLogger(repo, experiment="exp")
     run_hash = first.run_hash
     _log_epochs(first, [1, 2])
@@ -188,14 +205,14 @@ def test_resume_appends_to_same_run(tmp_path):
         AimLogger(repo, run_hash="../escape")
 
 
-def test_log_figure_and_image(tmp_path):
+def test_log_figure_and_image(repo):
     import matplotlib
 
     matplotlib.use("Agg")
     import aim
     import matplotlib.pyplot as plt
     import numpy as np
-    from aim.sdk.context import Context
+    from aim.storage.context import Context
 
     from encdist.aim_logger import AimLogger, TrackingError
 
@@ -204,7 +221,7 @@ def test_log_figure_and_image(tmp_path):
     ax.set_xlabel("bpp")
     image = np.zeros((8, 12, 3), dtype=np.uint8)
     image[:, :6] = 255
-    with AimLogger(str(tmp_path / "aim")) as logger:
+    with AimLogger(repo) as logger:
         logger.log_figure("rd_curve", fig, context={"loader": "infer"}, step=1)
         logger.log_image("reconstruction", image, runner=_runner(2, "valid"), scope="loader")
         logger.log_image("figure_as_image", fig, runner=_runner(2, "valid"), scope="loader")
@@ -215,7 +232,7 @@ def test_log_figure_and_image(tmp_path):
     with pytest.raises(TrackingError, match="already closed"):
         logger.log_figure("rd_curve", fig)
 
-    run = aim.Repo(str(tmp_path / "aim")).get_run(run_hash)
+    run = aim.Repo(repo).get_run(run_hash)
     seq = run.get_image_sequence("rd_curve", Context({"loader": "infer"}))
     steps, (images,) = seq.data.view("val").items_list()
     assert steps == [1]
@@ -228,13 +245,30 @@ def test_log_figure_and_image(tmp_path):
     assert run.get_image_sequence("figure_as_image", Context({"loader": "valid", "scope": "loader"}))
 
 
-def test_no_threads_left_after_close(tmp_path):
+def test_two_loggers_in_one_process(repo):
+    """Closing (and indexing) one run does not disturb another run open in the same process."""
+    import numpy as np
+
+    from encdist.aim_logger import AimLogger
+
+    a, b = AimLogger(repo), AimLogger(repo)
+    _log_epochs(a, [1])
+    _log_epochs(b, [1])
+    a.close_log()
+    _log_epochs(b, [2])
+    b.log_image("img", np.zeros((4, 4), dtype=np.uint8), runner=_runner(2, "valid"))
+    b.close_log()
+    assert _series(repo, a.run_hash, "loss", {"loader": "train", "scope": "epoch"})[0] == [1]
+    assert _series(repo, b.run_hash, "loss", {"loader": "train", "scope": "epoch"})[0] == [1, 2]
+
+
+def test_no_threads_left_after_close(repo):
     import threading
 
     from encdist.aim_logger import AimLogger
 
     before = {t.ident for t in threading.enumerate()}
-    logger = AimLogger(str(tmp_path / "aim"))
+    logger = AimLogger(repo)
     _log_epochs(logger, [1])
     logger.close_log()
     time.sleep(0.1)
@@ -242,9 +276,97 @@ def test_no_threads_left_after_close(tmp_path):
     assert left == []
 
 
-# ------------------------------------------------------------------ two processes
-def _concurrent_worker(repo: str, worker: int, n: int, barrier) -> None:
+def _crashing_writer(repo: str, run_hash: str) -> None:
     from encdist.aim_logger import AimLogger
+
+    logger = AimLogger(repo, run_hash=run_hash)
+    _log_epochs(logger, [1, 2])
+    os.kill(os.getpid(), signal.SIGKILL)  # dies holding the run lock, run not indexed
+
+
+def test_resume_after_crash(repo):
+    """A run whose process was SIGKILLed can be resumed: its stale lock is detected."""
+    from encdist.aim_logger import AimLogger, new_run_hash
+
+    run_hash = new_run_hash()
+    proc = mp.get_context("fork").Process(target=_crashing_writer, args=(repo, run_hash))
+    proc.start()
+    proc.join(timeout=60)
+    assert proc.exitcode == -signal.SIGKILL
+    assert list((Path(repo) / ".aim" / "locks").glob(f"{run_hash}*"))  # left behind
+
+    logger = AimLogger(repo, run_hash=run_hash)
+    assert logger.resumed
+    _log_epochs(logger, [3])
+    logger.close_log()
+    steps, values = _series(repo, run_hash, "bpp_pdf", {"loader": "infer", "scope": "epoch"})
+    assert steps == [1, 2, 3]
+    assert values == pytest.approx([_value("bpp_pdf", "infer", s) for s in (1, 2, 3)])
+
+
+def test_catalyst_runner_uses_logger(repo, monkeypatch):
+    """End to end with catalyst's SupervisedRunner: hparams, epoch and batch metrics, close."""
+    import catalyst.core.engine
+    import torch
+    from accelerate.utils import DistributedType
+    from catalyst import dl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from encdist.aim_logger import AimLogger
+
+    if not hasattr(DistributedType, "TPU"):
+        # catalyst 22.4's Engine.mean_reduce_ddp_metrics names DistributedType.TPU,
+        # which the installed accelerate no longer has (single process: nothing to reduce).
+        monkeypatch.setattr(
+            catalyst.core.engine.Engine, "mean_reduce_ddp_metrics", lambda self, metrics: metrics
+        )
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    loaders = {
+        "train": DataLoader(TensorDataset(x, y), batch_size=4),
+        "valid": DataLoader(TensorDataset(x, y), batch_size=8),
+    }
+    model = torch.nn.Linear(4, 1)
+    logger = AimLogger(repo, experiment="catalyst", log_batch_metrics=True)
+    dl.SupervisedRunner().train(
+        model=model, criterion=torch.nn.MSELoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loaders=loaders, num_epochs=2, loggers={"aim": logger},
+        hparams={"optimizer": {"lr": 0.1}}, verbose=False,
+    )
+    assert logger.closed  # catalyst closes its loggers at experiment end
+    import aim
+
+    assert aim.Repo(repo).get_run(logger.run_hash)["hparams"] == {"optimizer": {"lr": 0.1}}
+    for loader in ("train", "valid"):
+        steps, _ = _series(repo, logger.run_hash, "loss", {"loader": loader, "scope": "epoch"})
+        assert steps == [1, 2]
+    steps, _ = _series(repo, logger.run_hash, "loss", {"loader": "train", "scope": "batch"})
+    assert steps == [1, 2, 3, 4, 7, 8, 9, 10]  # runner.batch_step counts valid batches too
+
+
+# ------------------------------------------------------------------ two processes
+def _import_aim_logger_only():
+    """Import ``encdist.aim_logger`` without running ``encdist/__init__``.
+
+    The package ``__init__`` registers models (imports compressai etc.), which
+    would add seconds to each spawned worker's start-up; the logger needs none of it.
+    """
+    import importlib
+    import importlib.util
+    import types
+
+    if "encdist" not in sys.modules:
+        spec = importlib.util.find_spec("encdist")
+        package = types.ModuleType("encdist")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        sys.modules["encdist"] = package
+    return importlib.import_module("encdist.aim_logger")
+
+
+def _concurrent_worker(repo: str, worker: int, n: int, barrier) -> None:
+    AimLogger = _import_aim_logger_only().AimLogger
 
     barrier.wait(timeout=120)  # start tracking together (imports take a while)
     logger = AimLogger(repo, experiment=f"worker{worker}")

@@ -57,6 +57,7 @@ import re
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
@@ -108,8 +109,7 @@ def _check_run_hash(run_hash: str) -> str:
 
 def _aim_dir(repo: str) -> str:
     """The ``.aim`` folder of the Aim repository rooted at ``repo``."""
-    repo = os.path.abspath(os.fspath(repo))
-    return repo if os.path.basename(repo) == ".aim" else os.path.join(repo, ".aim")
+    return os.path.join(os.path.abspath(os.fspath(repo)), ".aim")
 
 
 def run_exists(repo: str, run_hash: str) -> bool:
@@ -122,17 +122,34 @@ def run_exists(repo: str, run_hash: str) -> bool:
 
 
 def _open_repo(repo: str):
-    """The (process-wide pooled) :class:`aim.Repo` at ``repo``; created if missing."""
-    from aim.sdk.repo import Repo, RepoStatus
+    """The (process-wide pooled) :class:`aim.Repo` at ``repo``; created if missing.
 
-    try:
-        os.makedirs(repo, exist_ok=True)
+    Aim creates ``.aim`` before it writes ``.aim/VERSION``; a second process
+    looking in between would take the half-made repository for an outdated
+    one.  Creation is therefore serialised by the lock file
+    ``<repo>/.aim-init.lock``, which every opener waits for while
+    ``.aim/VERSION`` does not exist yet.
+    """
+    from aim.sdk.repo import Repo, RepoStatus
+    from filelock import FileLock, Timeout
+
+    def open_existing_or_create():
         status = Repo.check_repo_status(repo)
         if status == RepoStatus.UPDATE_REQUIRED:
             raise TrackingError(
                 f"Aim repository {repo} was made by an older Aim; run `aim upgrade --repo {repo}`"
             )
         return Repo.from_path(repo, init=status == RepoStatus.MISSING)
+
+    try:
+        os.makedirs(repo, exist_ok=True)
+        if os.path.exists(os.path.join(_aim_dir(repo), "VERSION")):
+            return open_existing_or_create()
+        try:
+            with FileLock(os.path.join(repo, ".aim-init.lock"), timeout=120):
+                return open_existing_or_create()
+        except Timeout as e:
+            raise TrackingError(f"cannot open Aim repository {repo}: another process is creating it") from e
     except EncdistError:
         raise
     except Exception as e:  # OSError, sqlite errors, ...
@@ -144,6 +161,22 @@ def _one_line(e: BaseException) -> str:
     text = msg[0] if msg else ""
     text = text[:300]
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _fix_lock_owner_pid() -> None:
+    """Make Aim record this process as the owner of the run locks it takes.
+
+    Aim's ``LockManager.pid`` is a class attribute set when Aim is imported;
+    in a process forked after that it still names the parent, so a lock left
+    by a killed child would look held by the (alive) parent forever and the
+    run could not be resumed.
+    """
+    try:
+        from aim.sdk.lock_manager import LockManager
+    except ImportError:  # pragma: no cover
+        return
+    if getattr(LockManager, "pid", None) != os.getpid():
+        LockManager.pid = os.getpid()
 
 
 def _locked_by_live_process(repo_obj, run_hash: str) -> bool:
@@ -179,6 +212,7 @@ def _open_run(
     from aim.sdk import base_run
     from aim.sdk.repo import Repo
 
+    _fix_lock_owner_pid()
     repo_obj = _open_repo(repo)
     kwargs = dict(
         repo=repo_obj,
@@ -197,7 +231,7 @@ def _open_run(
                 # Fail fast instead of waiting for Aim's 10 s lock timeout.
                 raise TrackingError(
                     f"Aim run {run_hash} in {repo} is in use by another process "
-                    f"(if that process is gone: `aim runs --repo {repo} close --force {run_hash}`)"
+                    f"(if that process is gone: `aim runs --repo {repo} close --yes {run_hash}`)"
                 )
             Repo._all_run_hashes.cache_clear()  # drop Aim's 0.5 s listing cache
             run = aim.Run(run_hash=run_hash, **kwargs)
@@ -216,13 +250,11 @@ def _open_run(
         if name in ("Timeout", "RunLockingError"):
             raise TrackingError(
                 f"Aim run {run_hash} in {repo} is in use by another process "
-                f"(if that process is gone: `aim runs --repo {repo} close --force {run_hash}`)"
+                f"(if that process is gone: `aim runs --repo {repo} close --yes {run_hash}`)"
             ) from e
         raise TrackingError(
             f"cannot open Aim run {run_hash or '(new)'} in {repo}: {_one_line(e)}"
         ) from e
-    if run is None:  # aim's safe mode swallowed an exception
-        raise TrackingError(f"cannot open Aim run {run_hash or '(new)'} in {repo}")
     if run_hash is not None and run.hash != run_hash:  # pragma: no cover - aim changed
         run.close()
         raise TrackingError(f"Aim created run {run.hash} instead of {run_hash} in {repo}")
@@ -303,8 +335,10 @@ def index_run(repo: str, run_hash: str, timeout: float = 30.0) -> None:
             if container is index_container:
                 repo_obj.container_pool.pop(config, None)
         index_container.close()
-        # Read-only handles on the index opened before this would serve stale data.
-        repo_obj.container_pool.clear()
+        # A pooled read-only handle on the index opened before this would serve stale data.
+        for config in list(repo_obj.container_pool.keys()):
+            if getattr(config, "sub", 1) is None and getattr(config, "read_only", False):
+                repo_obj.container_pool.pop(config, None)
 
 
 def _plain(value: Any) -> Any:
@@ -553,7 +587,11 @@ class AimLogger(ILogger):
         except Exception as e:
             raise TrackingError(f"cannot close Aim run {self._hash} in {self.repo}: {_one_line(e)}") from e
         if self.index_on_close:
-            index_run(self.repo, self._hash)
+            try:
+                index_run(self.repo, self._hash)
+            except TrackingError as e:
+                # The run's data is complete; only queries without ``aim up`` miss it.
+                warnings.warn(str(e), RuntimeWarning, stacklevel=2)
 
     def __enter__(self) -> "AimLogger":
         return self

@@ -87,8 +87,6 @@ def ensure_pretrained(conf: DictConfig) -> None:
 def build_runner(conf: DictConfig, run_hash: str):
     from encdist.registry import lookup
 
-    import encdist.runners  # noqa: F401  (registers runners)
-
     cls = lookup("runner", conf.runner.type)
     return cls(conf, run_hash)
 
@@ -97,6 +95,7 @@ def train(conf: DictConfig) -> Dict[str, Any]:
     """Train (or resume) one run described by ``conf``; returns the infer summary."""
     import encdist  # noqa: F401  (registers models, criteria)
     import encdist.datasets  # noqa: F401
+    import encdist.runners  # noqa: F401
 
     register_resolvers()
     OmegaConf.set_struct(conf, False)
@@ -161,7 +160,7 @@ def export(conf: DictConfig, runner) -> None:
         return
     from encdist.checkpoint import atomic_save
 
-    model = runner._model()
+    model = runner.raw_model
     model.update(force=True, update_quantiles=True)
     atomic_save({"state_dict": model.state_dict(), "model_name": str(conf.model.name)}, path)
     print(f"[{PROG}] exported {conf.model.name} to {path}", flush=True)

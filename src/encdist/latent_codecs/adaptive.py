@@ -54,7 +54,7 @@ from compressai.entropy_models import EntropyBottleneck
 from compressai.latent_codecs import LatentCodec
 from torch import Tensor
 
-from encdist.coding import decode_with_indexes, encode_with_indexes, quantized_cdf_table, table_bits
+from encdist.coding import decode_with_indexes, encode_with_indexes, quantized_cdf_table
 from encdist.errors import BitstreamError
 from encdist.histogram import bound_ste, hard_histogram, histogram, interp_log_pmf
 from encdist.pdf_model import PdfModel
@@ -167,8 +167,10 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         return cdf.cpu(), (length + 2).int().cpu(), lo.int().cpu()
 
     def _fingerprint(self) -> int:
+        # Parameter shapes pin down the rest of the pdf model's architecture (kernel size, groups, layers).
+        shapes = tuple((k, tuple(v.shape)) for k, v in self.pdf_model.named_parameters())
         cfg = (type(self.pdf_model).__name__, self.channels, self.num_bins, self.ideal,
-               getattr(self.pdf_model, "N", 0), getattr(self.pdf_model, "M", 0))
+               getattr(self.pdf_model, "N", 0), getattr(self.pdf_model, "M", 0), shapes)
         return zlib.crc32(repr(cfg).encode())
 
     # ------------------------------------------------------------------ forward
@@ -251,13 +253,13 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
                 p_hat = self._unpack_side(payload)
                 a_cdf, a_len, a_off = self.adaptive_tables(p_hat)
                 mode = MODE_ADAPTIVE
+                y_string = encode_with_indexes(symbols[i], indexes, a_cdf[0], a_len, a_off)
                 if self.fallback_static:
-                    mode = self._cheaper_mode(symbols[i], a_cdf[0], a_off, s_cdf, s_off, len(payload))
-                if mode == MODE_ADAPTIVE:
-                    y_string = encode_with_indexes(symbols[i], indexes, a_cdf[0], a_len, a_off)
-                else:
-                    payload = b""
-                    y_string = encode_with_indexes(symbols[i], indexes, s_cdf, s_len, s_off)
+                    # Compare actual sizes: estimates from symbol counts ignore escapes and
+                    # coder overhead, and can pick the larger stream.
+                    s_string = encode_with_indexes(symbols[i], indexes, s_cdf, s_len, s_off)
+                    if len(s_string) <= len(y_string) + len(payload):
+                        mode, payload, y_string = MODE_STATIC, b"", s_string
                 y_strings.append(y_string)
                 pdf_strings.append(self._header(mode, payload, y_string) + payload)
         y_hat = (symbols.to(y.dtype) + self._medians().cpu().view(1, -1, 1, 1)).to(y.device)
@@ -266,20 +268,6 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
     def _header(self, mode: int, payload: bytes, y_string: bytes) -> bytes:
         crc = zlib.crc32(payload, zlib.crc32(bytes([mode]), self._fingerprint()))
         return _HEADER.pack(mode, zlib.crc32(y_string, crc))
-
-    def _cheaper_mode(self, symbols: Tensor, a_cdf: Tensor, a_off: Tensor, s_cdf: Tensor, s_off: Tensor, side_bytes: int) -> int:
-        """Estimate both table sets' cost from symbol counts; pick the cheaper (side bytes included)."""
-
-        def bits(cdf, off):
-            K = cdf.shape[-1] - 1
-            rel = symbols.view(self.channels, -1) - off.long().view(-1, 1)
-            rel = rel.clamp(0, K - 1)
-            counts = torch.zeros(self.channels, K, dtype=torch.long).scatter_add_(1, rel, torch.ones_like(rel))
-            return float(table_bits(counts, cdf).sum())
-
-        adaptive = bits(a_cdf, a_off) + 8 * side_bytes
-        static = bits(s_cdf, s_off)
-        return MODE_ADAPTIVE if adaptive < static else MODE_STATIC
 
     # ------------------------------------------------------------------ decompress
     def decompress(self, strings: List[List[bytes]], shape: Sequence[int], **kwargs) -> Dict[str, Any]:
