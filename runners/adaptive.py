@@ -29,11 +29,43 @@ class AdaptiveDistributionRunner(BaseRunner):
     def __init__(self, conf, run_hash, **kwargs):
         super().__init__(conf, run_hash, **kwargs)
         self.skip_frozen_synthesis = bool(conf.runner.get("skip_frozen_synthesis", True))
+        self.latent_cache = bool(conf.runner.get("latent_cache", False))
+        self._cache: list[tuple[torch.Tensor, tuple]] = []
+        self._cache_complete = False
+
+    def _cacheable(self) -> bool:
+        model = self.raw_model
+        return self.latent_cache and hasattr(model, "g_a") and model.is_frozen("g_a") and not hasattr(model, "h_a")
 
     def _forward(self, x, training: bool):
         model = self.raw_model
         skip = training and self.skip_frozen_synthesis and model.is_frozen("g_s")
+        if training and skip and self._cacheable():
+            with torch.no_grad():
+                y = model.g_a(x)
+            self._cache.append((y.detach(), tuple(x.shape)))
+            return self.model(x, with_x_hat=False, y=y)
         return self.model(x, with_x_hat=not skip)
+
+    # ------------------------------------------------------------------ latent cache
+    # With a frozen g_a, the latents of the first epoch's crops are reused by later
+    # epochs (in a new random order), so those epochs cost only the distribution codec.
+    def _run_loader(self) -> None:
+        if not (self.is_train_loader and self._cache_complete):
+            super()._run_loader()
+            if self.is_train_loader and self._cacheable() and self._cache:
+                self._cache_complete = True
+            return
+        with torch.set_grad_enabled(True):
+            for i in torch.randperm(len(self._cache)).tolist():
+                y, shape = self._cache[i]
+                self.batch = [y]
+                self._run_event("on_batch_start")
+                # Only the pixel count of the target is read when x_hat is not computed.
+                target = torch.zeros((), device=y.device).expand(*shape)
+                out = self.criterion(self.model(target, with_x_hat=False, y=y), target)
+                self._optimize(out)
+                self._run_event("on_batch_end")
 
     @torch.no_grad()
     def _log_infer_figures(self, x) -> None:

@@ -49,6 +49,7 @@ class BaseRunner(dl.Runner):
         self.run_hash = run_hash
         r = conf.runner
         self.max_nonfinite_steps = int(r.get("max_nonfinite_steps", 10))
+        self.clip_max_norm = float(r.get("clip_max_norm") or 0)
         self.pad_multiple = int(r.get("pad_multiple", 64))
         inf = r.get("inference") or {}
         self.baselines = list(inf.get("baselines") or [])
@@ -68,9 +69,10 @@ class BaseRunner(dl.Runner):
         super().on_experiment_start(runner)
         ckpt = self.conf.paths.get("checkpoint")
         if ckpt:
-            self._resume(ckpt)
+            self._resume_from_checkpoint(ckpt)
 
-    def _resume(self, path: str) -> None:
+    def _resume_from_checkpoint(self, path: str) -> None:
+        # Not "_resume": catalyst's Runner.train() sets an attribute of that name (its own resume path).
         state = safe_load(path)
         for key in ("model_state_dict", "optimizer", "epoch"):
             if key not in state:
@@ -96,8 +98,10 @@ class BaseRunner(dl.Runner):
         last = self.epoch_step >= self.num_epochs
         periodic = self.infer_every > 0 and self.epoch_step % self.infer_every == 0
         for self.loader_key, self.loader in self.loaders.items():
-            if self.loader_key.startswith("infer") and not (last or periodic):
-                continue
+            if self.loader_key.startswith("infer"):
+                if not (last or periodic):
+                    continue
+                self._before_infer()
             self._run_event("on_loader_start")
             self._run_loader()
             self._run_event("on_loader_end")
@@ -143,7 +147,10 @@ class BaseRunner(dl.Runner):
         return values
 
     def _train_step(self, x) -> None:
-        out = self.criterion(self._forward(x, training=True), x)
+        self._optimize(self.criterion(self._forward(x, training=True), x))
+
+    def _optimize(self, out: Dict[str, torch.Tensor]) -> None:
+        """One net step on ``out["loss"]`` (skipped if not finite), one aux step, meters."""
         loss = out["loss"]
         net = self.optimizer["net"]
         net.zero_grad(set_to_none=True)
@@ -152,6 +159,9 @@ class BaseRunner(dl.Runner):
             return
         self._consecutive_nonfinite = 0
         loss.backward()
+        if self.clip_max_norm > 0:
+            params = [p for g in net.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.clip_max_norm)
         net.step()
         values = self._rates(out)
         values["aux_loss"] = self._aux_step()
@@ -205,6 +215,9 @@ class BaseRunner(dl.Runner):
         if self.log_figures and len(self.infer_rows) == x.shape[0]:
             self._log_infer_figures(x[:1])
 
+    def _before_infer(self) -> None:
+        """Hook run before an infer loader."""
+
     def _log_infer_figures(self, x) -> None:
         """Subclasses log figures of the first infer image."""
 
@@ -244,9 +257,12 @@ class BaseRunner(dl.Runner):
         is_best = metric is not None and metric < self.best_valid
         if is_best:
             self.best_valid = metric
+        # Log the epoch first, then checkpoint it: a run killed in between resumes from the
+        # previous checkpoint and re-logs this epoch (Aim replaces values at the same step);
+        # the other order would leave a checkpointed epoch without metrics.
+        super().on_epoch_end(runner)
         if self.engine.is_main_process:
             self._save_checkpoint(is_best)
-        super().on_epoch_end(runner)
 
     def _save_checkpoint(self, is_best: bool) -> None:
         state = {

@@ -109,6 +109,17 @@ def test_quantized_cdf_table_zeros_one_hot_and_degenerate_pmfs():
     assert abs(int(freq[5, L]) - TOTAL // 2) <= k[5] + 2
 
 
+def test_quantized_cdf_table_non_finite_pmfs_still_give_valid_tables():
+    pmf = torch.rand(4, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) / 10
+    pmf[0, 2] = float("nan")
+    pmf[1] = float("nan")
+    pmf[2, 4] = float("inf")
+    pmf[3, 0] = float("-inf")
+    lengths = torch.tensor([10, 10, 10, 7])
+    cdf = quantized_cdf_table(pmf, lengths)
+    check_table(cdf, torch.nan_to_num(pmf, 0.0, posinf=1.0, neginf=0.0), lengths)
+
+
 def test_quantized_cdf_table_coding_cost_close_to_entropy():
     pmf, lengths = random_pmfs((8,), 64, seed=2)
     lengths[:] = 64

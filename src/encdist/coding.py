@@ -61,7 +61,8 @@ def quantized_cdf_table(pmf: Tensor, lengths: Tensor, precision: int = PRECISION
     """
     total = 1 << precision
     *batch, L = pmf.shape
-    pmf = pmf.detach().to(torch.float64).clamp_min(0)
+    # NaN / inf entries (a pathological p̂) must not break the table's invariants.
+    pmf = pmf.detach().to(torch.float64).nan_to_num(0.0, posinf=1.0, neginf=0.0).clamp_min(0)
     pos = torch.arange(L + 1, device=pmf.device)
     lengths = lengths.to(pmf.device).long()
     inside = pos[:L] < lengths[..., None]

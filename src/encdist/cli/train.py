@@ -106,9 +106,6 @@ def train(conf: DictConfig) -> Dict[str, Any]:
     from encdist.aim_logger import AimLogger
     from encdist.results import write_atomic
 
-    cfg_dir = Path(conf.paths.configs)
-    write_atomic(cfg_dir / "config.yaml", OmegaConf.to_yaml(conf, resolve=True))
-
     import torch
 
     torch.manual_seed(int(conf.env.get("seed", 42)))
@@ -119,6 +116,8 @@ def train(conf: DictConfig) -> Dict[str, Any]:
     scheduler = create_scheduler(conf, optimizer)
     engine = create_engine(conf)
     runner = build_runner(conf, run_hash)
+    # Written once everything is built: a config error leaves no run folder behind.
+    write_atomic(Path(conf.paths.configs) / "config.yaml", OmegaConf.to_yaml(conf, resolve=True))
     aim_conf = conf.env.aim
     logger = AimLogger(
         repo=str(aim_conf.repo),
@@ -191,8 +190,20 @@ def _hydra_main(conf: DictConfig) -> Any:
     try:
         return train(conf)
     except EncdistError as e:
+        _close_progress_bars()  # so that the error starts a line of its own
         print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def _close_progress_bars() -> None:
+    """Close the tqdm bars an exception left open (catalyst's verbose progress)."""
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except Exception:  # cosmetic only
+        pass
 
 
 def main() -> None:

@@ -61,17 +61,25 @@ def _require(conf: Mapping, key: str, where: str):
     return conf[key]
 
 
+def _lookup_at(group: str, name, key: str):
+    """``lookup(group, name)``; the error names the config key that holds ``name``."""
+    try:
+        return lookup(group, name)
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
 def create(group: str, conf: Mapping[str, Any], where: str | None = None, **extra) -> Any:
     """Instantiate the registry entry ``conf["type"]`` of ``group`` with the other keys as arguments."""
     where = where or group
     conf = to_dict(conf) or {}
     kind = _require(conf, "type", where)
-    cls = lookup(group, kind)
+    cls = _lookup_at(group, kind, f"{where}.type")
     kwargs = {k: v for k, v in conf.items() if k != "type"}
     try:
         return cls(**kwargs, **extra)
-    except TypeError as e:
-        raise ConfigError(f"{where} ({kind}): {e}") from None
+    except (TypeError, ValueError) as e:  # bad / out-of-range arguments, e.g. Adam(lr=-1)
+        raise ConfigError(f"{where} ({kind}): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 # ---------------------------------------------------------------------- model
@@ -80,7 +88,7 @@ def create_model(conf: DictConfig) -> torch.nn.Module:
     from encdist.pretrained import load_pretrained_into
 
     name = _require(conf.model, "name", "model")
-    cls = lookup("model", name)
+    cls = _lookup_at("model", name, "model.name")
     hp = {k: v for k, v in (to_dict(conf.get("hp")) or {}).items() if k != "quality"}
     try:
         model = cls(**hp)
@@ -157,7 +165,7 @@ def create_dataloaders(conf: DictConfig) -> Dict[str, DataLoader]:
     for key, ds_conf in (to_dict(conf.dataset) or {}).items():
         where = f"dataset.{key}"
         kind = _require(ds_conf, "type", where)
-        cls = lookup("dataset", kind)
+        cls = _lookup_at("dataset", kind, f"{where}.type")
         transform = build_transforms(ds_conf.get("transforms"))
         kwargs = dict(ds_conf.get("config") or {})
         try:
@@ -198,15 +206,17 @@ def validate_config(conf: DictConfig) -> None:
         OmegaConf.to_container(conf, resolve=True)
     except Exception as e:  # interpolation errors name the key themselves
         raise ConfigError(f"config does not resolve: {str(e).splitlines()[0]}") from None
-    lookup("model", _require(conf.model, "name", "model"))
-    lookup("criterion", _require(conf.criterion, "type", "criterion"))
-    lookup("runner", _require(conf.runner, "type", "runner"))
+    _lookup_at("model", _require(conf.model, "name", "model"), "model.name")
+    _lookup_at("criterion", _require(conf.criterion, "type", "criterion"), "criterion.type")
+    _lookup_at("runner", _require(conf.runner, "type", "runner"), "runner.type")
+    for key in ("train", "valid"):
+        _require(conf.dataset, key, "dataset")
     for key, ds in conf.dataset.items():
-        lookup("dataset", _require(ds, "type", f"dataset.{key}"))
+        _lookup_at("dataset", _require(ds, "type", f"dataset.{key}"), f"dataset.{key}.type")
     for key, opt in conf.optimizer.items():
-        lookup("optimizer", _require(opt, "type", f"optimizer.{key}"))
+        _lookup_at("optimizer", _require(opt, "type", f"optimizer.{key}"), f"optimizer.{key}.type")
     for key, sch in (conf.get("scheduler") or {}).items():
-        lookup("scheduler", _require(sch, "type", f"scheduler.{key}"))
+        _lookup_at("scheduler", _require(sch, "type", f"scheduler.{key}"), f"scheduler.{key}.type")
     lmbda = conf.criterion.get("lmbda")
     if isinstance(lmbda, bool) or not isinstance(lmbda, (int, float)) or not math.isfinite(lmbda) or lmbda <= 0:
         raise ConfigError(f"criterion.lmbda must be a positive number, got {lmbda!r}")

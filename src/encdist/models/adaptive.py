@@ -82,6 +82,19 @@ class AdaptiveModelMixin:
     def entropy_bottleneck(self):
         return self.adaptive_codec.entropy_bottleneck
 
+    def update(self, scale_table=None, force: bool = False, update_quantiles: bool = False) -> bool:
+        """CompressAI's ``update``; also refits the side bottleneck's quantiles by bisection.
+
+        The distribution codec trains for far fewer steps than its quantiles
+        need to converge under the aux loss; refitting them (from its own,
+        trained density) keeps the side stream's tables tight. The static
+        bottleneck's quantiles are left as pretrained unless ``update_quantiles``.
+        """
+        side = self.adaptive_codec.pdf_model.entropy_bottleneck
+        if force or side._offset.numel() == 0:
+            side.update(force=True, update_quantiles=True)
+        return super().update(scale_table=scale_table, force=force, update_quantiles=update_quantiles)
+
     # ---------------------------------------------------------------- state dicts
     @staticmethod
     def remap_state_dict(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
@@ -172,9 +185,11 @@ class FactorizedPriorPdf(AdaptiveModelMixin, FactorizedPrior):
         super().__init__(N=N, M=M)
         self._init_adaptive(**kwargs)
 
-    def forward(self, x: Tensor, with_x_hat: bool = True) -> Dict[str, Any]:
-        self._check_image(x)
-        y = self.g_a(x)
+    def forward(self, x: Tensor, with_x_hat: bool = True, y: Tensor | None = None) -> Dict[str, Any]:
+        """Forward pass; ``y`` may be given (a cached ``g_a(x)``) to skip the analysis transform."""
+        if y is None:
+            self._check_image(x)
+            y = self.g_a(x)
         out = self.adaptive_codec(y)
         return {
             "x_hat": self.g_s(out["y_hat"]) if with_x_hat else None,

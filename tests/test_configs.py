@@ -1,0 +1,538 @@
+"""Every config of ``conf/`` (installed as ``encdist.conf``) composes, resolves and builds.
+
+Composes each top-level config and each group option with Hydra's compose API, resolves
+it, and builds what it names through the factory (``encdist.config.factory``) wherever
+that is possible offline: model (``model.pretrained=null`` for zoo weights), criterion,
+optimizers and schedulers, runner class, datasets (scikit-image; Vimeo-90K / Kodak must
+fail with a one-line ``DatasetError`` naming the path and the config key), engine.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import TINY_M, TINY_N, make_factorized_checkpoint
+
+RUN_HASH = "0123456789abcdef01234567"
+TOP_LEVEL = ("quickstart", "example_adaptive", "base_quickstart")
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+SMALL = [f"hp.N={TINY_N}", f"hp.M={TINY_M}"]
+
+
+def test_every_top_level_config_is_tested():
+    found = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+    assert found == sorted(TOP_LEVEL), "a new top-level config needs its tests here"
+
+
+@pytest.fixture(scope="module")
+def compose():
+    """``compose(name, *overrides)``: the composed config, ``env.aim.run_hash`` set, struct off."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    import encdist  # noqa: F401  (registers models, criteria)
+    import encdist.datasets  # noqa: F401
+    import encdist.runners  # noqa: F401
+    from encdist.config.factory import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+
+    def _compose(name: str, *overrides: str):
+        conf = hydra_compose(config_name=name, overrides=[f"env.aim.run_hash={RUN_HASH}", *overrides])
+        OmegaConf.set_struct(conf, False)
+        return conf
+
+    with initialize_config_module("encdist.conf", version_base="1.3"):
+        yield _compose
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture(autouse=True)
+def _roots(tmp_path, monkeypatch):
+    """Runs and datasets under the test's folder (the dataset folders do not exist)."""
+    monkeypatch.setenv("ENCDIST_ROOT", str(tmp_path / "runs_root"))
+    monkeypatch.setenv("ENCDIST_DATASETS", str(tmp_path / "datasets"))
+    return tmp_path
+
+
+def _small_model(conf):
+    """The config's model with tiny sizes and no pretrained weights (freezing as configured)."""
+    from encdist.config.factory import create_model
+
+    conf = conf.copy()
+    conf.model.pretrained = None
+    if "hp" in conf:
+        conf.hp.N, conf.hp.M = TINY_N, TINY_M
+    return create_model(conf)
+
+
+# ----------------------------------------------------------------------------- top level
+@pytest.mark.parametrize("name", TOP_LEVEL)
+def test_top_level_config_resolves_validates_and_builds(compose, name, tmp_path):
+    from catalyst import dl
+
+    from encdist.config.factory import (
+        create_criterion,
+        create_engine,
+        create_optimizer,
+        create_scheduler,
+        validate_config,
+    )
+    from encdist.registry import RUNNERS, lookup
+
+    conf = compose(name)
+    plain = OmegaConf.to_container(conf, resolve=True)
+    validate_config(conf)
+    for key in ("paths", "env", "engine", "runner", "criterion", "optimizer", "scheduler", "dataset", "model", "misc", "exp"):
+        assert key in plain, key
+    assert set(plain["dataset"]) == {"train", "valid", "infer"}
+    root = tmp_path / "runs_root"
+    assert plain["paths"]["_common_root"] == str(root)
+    assert plain["paths"]["_run_root"] == str(root / "runs" / RUN_HASH)
+    assert plain["paths"]["aim"] == str(root / "aim")
+    assert plain["paths"]["checkpoints"] == str(root / "runs" / RUN_HASH / "checkpoints")
+    assert plain["env"]["aim"]["repo"] == plain["paths"]["aim"]
+    assert plain["env"]["aim"]["experiment"] == name
+    assert plain["paths"]["checkpoint"] is None
+
+    runner_cls = lookup("runner", conf.runner.type)
+    assert runner_cls is RUNNERS[conf.runner.type] and issubclass(runner_cls, dl.Runner)
+    runner = runner_cls(conf, RUN_HASH)
+    assert runner.run_hash == RUN_HASH and runner.max_nonfinite_steps >= 1
+
+    criterion = create_criterion(conf)
+    assert isinstance(criterion, torch.nn.Module)
+    assert float(criterion.lmbda) == pytest.approx(float(conf.criterion.lmbda))
+
+    model = _small_model(conf)
+    optimizers = create_optimizer(conf, model)
+    assert set(optimizers) == {"net", "aux"}
+    aux_params = {id(p) for g in optimizers["aux"].param_groups for p in g["params"]}
+    net_params = {id(p) for g in optimizers["net"].param_groups for p in g["params"]}
+    quantiles = {id(p) for n, p in model.named_parameters() if n.endswith("quantiles") and p.requires_grad}
+    assert aux_params == quantiles and not (aux_params & net_params)
+    assert all(p.requires_grad for g in optimizers["net"].param_groups for p in g["params"])
+    assert optimizers["net"].param_groups[0]["lr"] == pytest.approx(float(conf.optimizer.net.lr))
+    schedulers = create_scheduler(conf, optimizers)
+    assert set(schedulers) == {"net"}
+    assert isinstance(schedulers["net"], torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+    engine = create_engine(conf)
+    assert isinstance(engine, dl.GPUEngine if torch.cuda.is_available() else dl.CPUEngine)
+    assert int(conf.engine.num_epochs) >= 1
+
+
+def test_quickstart_trains_on_the_base_model_base_quickstart_exports(compose):
+    quick, base = compose("quickstart"), compose("base_quickstart")
+    assert quick.model.pretrained.source == "checkpoint"
+    assert quick.model.pretrained.train_if_missing == "base_quickstart"
+    assert quick.model.pretrained.path == quick.paths.pretrained == base.export.path
+    assert base.model.name == "bmshj2018-factorized" and base.model.pretrained is None
+    assert (quick.hp.N, quick.hp.M) == (base.hp.N, base.hp.M), "frozen transforms must fit"
+    assert list(quick.model.freeze) == ["g_a", "g_s", "entropy_bottleneck"]
+
+
+def test_quickstart_frozen_transforms_come_from_the_checkpoint(compose, tmp_path):
+    from encdist.config.factory import create_model
+
+    ckpt = make_factorized_checkpoint(tmp_path / "base.pth")
+    conf = compose("quickstart", *SMALL, f"paths.pretrained={ckpt}")
+    model = create_model(conf)
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    for key in ("g_a.0.weight", "g_s.0.weight", "entropy_bottleneck.quantiles"):
+        assert torch.equal(model.state_dict()[key.replace("entropy_bottleneck.", "adaptive_codec.entropy_bottleneck.")], state[key])
+    assert not any(p.requires_grad for p in model.g_a.parameters())
+    assert not any(p.requires_grad for p in model.g_s.parameters())
+    assert any(p.requires_grad for p in model.adaptive_codec.pdf_model.parameters())
+
+
+# ----------------------------------------------------------------------------- lambda / quality
+@pytest.mark.parametrize("quality", range(1, 9))
+def test_example_adaptive_quality_picks_lambda(compose, quality):
+    from encdist.config.factory import QUALITY_LMBDA, validate_config
+
+    conf = compose("example_adaptive", f"hp.quality={quality}")
+    validate_config(conf)
+    assert conf.criterion.lmbda == QUALITY_LMBDA[quality]
+    assert conf.model.pretrained.quality == quality
+
+
+def test_example_adaptive_default_is_quality_3(compose):
+    conf = compose("example_adaptive")
+    assert conf.hp.quality == 3 and conf.criterion.lmbda == pytest.approx(0.0067)
+    conf = compose("example_adaptive", "hp.quality=3")
+    assert conf.criterion.lmbda == pytest.approx(0.0067)
+
+
+def test_example_adaptive_high_rate_hp(compose):
+    conf = compose("example_adaptive", "hp=factorized_pdf_high")
+    assert (conf.hp.quality, conf.hp.N, conf.hp.M) == (6, 192, 320)
+    assert conf.criterion.lmbda == pytest.approx(0.0483)
+    conf = compose("example_adaptive", "hp=factorized_pdf_high", "hp.quality=8")
+    assert conf.criterion.lmbda == pytest.approx(0.18) and conf.model.pretrained.quality == 8
+
+
+@pytest.mark.parametrize("quality", ["9", "0", "abc"])
+def test_example_adaptive_bad_quality_is_config_error(compose, quality):
+    from encdist.config.factory import validate_config
+    from encdist.errors import ConfigError
+
+    conf = compose("example_adaptive", f"hp.quality={quality}")
+    with pytest.raises(ConfigError) as info:
+        validate_config(conf)
+    msg = str(info.value)
+    assert "hp.quality" in msg and "\n" not in msg
+
+
+# ----------------------------------------------------------------------------- group options
+@pytest.mark.parametrize("hp", ["factorized_pdf", "factorized_pdf_high"])
+@pytest.mark.parametrize("name", ["quickstart", "example_adaptive"])
+def test_hp_options_build_the_model(compose, name, hp):
+    from encdist.config.factory import create_model
+
+    conf = compose(name, f"hp={hp}", "model.pretrained=null")
+    expected = {"quickstart": (conf.hp.N, conf.hp.M), "example_adaptive": {"factorized_pdf": (128, 192), "factorized_pdf_high": (192, 320)}[hp]}[name]
+    assert (conf.hp.N, conf.hp.M) == expected
+    # full sizes are cheap enough to build once (no weights loaded)
+    model = create_model(conf)
+    assert model.adaptive_codec.entropy_bottleneck.channels == conf.hp.M
+    assert not any(p.requires_grad for p in model.g_a.parameters())
+
+
+@pytest.mark.parametrize(
+    "model_name", ["bmshj2018-factorized-pdf", "bmshj2018-hyperprior-pdf", "mbt2018-mean-pdf"]
+)
+def test_adaptive_model_options_build(compose, model_name):
+    from encdist.config.factory import create_model
+    from encdist.registry import MODELS
+
+    conf = compose("example_adaptive", f"model={model_name}", "model.pretrained=null", *SMALL)
+    assert conf.model.name == model_name
+    assert conf.model.pretrained is None
+    model = create_model(conf)
+    assert type(model) is MODELS[model_name]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("adaptive_codec.pdf_model.") for n in trainable)
+    with torch.no_grad():
+        out = model.eval()(torch.rand(1, 3, 64, 64))
+    assert set(out["likelihoods"]) >= {"pdf"}
+
+
+@pytest.mark.parametrize(
+    "model_name", ["bmshj2018-factorized-pdf", "bmshj2018-hyperprior-pdf", "mbt2018-mean-pdf"]
+)
+def test_adaptive_model_options_zoo_defaults(compose, model_name):
+    conf = compose("example_adaptive", f"model={model_name}", "hp.quality=2")
+    assert conf.model.pretrained.source == "zoo"
+    assert conf.model.pretrained.quality == 2
+    assert conf.model.pretrained.metric == "mse"
+    assert conf.model.pretrained.train_if_missing is None
+
+
+def test_plain_model_option_builds_with_base_hp_and_rejects_pdf_hp(compose):
+    from compressai.models import FactorizedPrior
+
+    from encdist.config.factory import create_model
+    from encdist.errors import ConfigError
+
+    conf = compose("base_quickstart", *SMALL)
+    model = create_model(conf)
+    assert type(model) is FactorizedPrior
+    assert all(p.requires_grad for p in model.parameters())
+    conf = compose("quickstart", "model=bmshj2018-factorized", *SMALL)
+    with pytest.raises(ConfigError, match="hp does not fit model 'bmshj2018-factorized'") as info:
+        create_model(conf)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name, criterion",
+    [
+        ("quickstart", "AdaptiveRateDistortionLoss"),
+        ("example_adaptive", "AdaptiveRateDistortionLoss"),
+        ("base_quickstart", "RateDistortionLoss"),
+        ("base_quickstart", "AdaptiveRateDistortionLoss"),
+    ],
+)
+def test_criterion_options_build_and_compute(compose, name, criterion):
+    from encdist.config.factory import create_criterion
+
+    conf = compose(name, f"criterion={criterion}", "criterion.lmbda=0.01")
+    crit = create_criterion(conf)
+    assert type(crit).__name__ == criterion and crit.lmbda == pytest.approx(0.01)
+    model = _small_model(compose("quickstart") if criterion.startswith("Adaptive") else compose("base_quickstart"))
+    x = torch.rand(2, 3, 64, 64)
+    out = crit(model(x), x)
+    assert torch.isfinite(out["loss"])
+    if criterion.startswith("Adaptive"):
+        assert {"bpp_y_loss", "bpp_pdf_loss"} <= set(out)
+
+
+def test_quickstart_criterion_settings_do_not_fit_the_plain_loss(compose):
+    """quickstart sets ``criterion.target_size`` (adaptive loss only): one-line ConfigError."""
+    from encdist.config.factory import create_criterion
+    from encdist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"criterion \(RateDistortionLoss\):.*target_size") as info:
+        create_criterion(compose("quickstart", "criterion=RateDistortionLoss"))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("runner", ["AdaptiveDistributionRunner", "ImageCompressionRunner"])
+def test_runner_options(compose, runner):
+    from encdist.registry import lookup
+
+    conf = compose("quickstart", f"runner={runner}")
+    assert conf.runner.type == runner
+    instance = lookup("runner", runner)(conf, RUN_HASH)
+    assert instance.conf is conf and instance.pad_multiple == 64
+    assert instance.max_nonfinite_steps == conf.runner.max_nonfinite_steps
+    assert set(instance.baselines) <= {"static", "ideal"}
+
+
+@pytest.mark.parametrize("engine", ["default", "cpu", "ddp"])
+def test_engine_options(compose, engine):
+    from catalyst import dl
+
+    from encdist.config.factory import create_engine
+
+    conf = compose("quickstart", f"engine={engine}")
+    assert conf.engine.num_epochs == compose("quickstart").engine.num_epochs  # quickstart's value kept
+    built = create_engine(conf)
+    expected = {
+        "default": dl.GPUEngine if torch.cuda.is_available() else dl.CPUEngine,
+        "cpu": dl.CPUEngine,
+        "ddp": dl.DistributedDataParallelEngine,
+    }[engine]
+    assert isinstance(built, expected)
+
+
+def test_unknown_engine_type_is_config_error(compose):
+    from encdist.config.factory import create_engine
+    from encdist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown engine type 'nope'"):
+        create_engine(compose("quickstart", "engine.type=nope"))
+
+
+def test_optimizer_and_scheduler_on_a_small_model(compose):
+    from encdist.config.factory import create_optimizer, create_scheduler, trainable_parameter_groups
+    from encdist.errors import ConfigError
+
+    conf = compose("quickstart", "optimizer.net.lr=0.002", "optimizer.aux.lr=0.02", "scheduler.net.patience=3")
+    model = _small_model(conf)
+    groups = trainable_parameter_groups(model)
+    opts = create_optimizer(conf, model)
+    assert isinstance(opts["net"], torch.optim.Adam) and isinstance(opts["aux"], torch.optim.Adam)
+    assert opts["net"].param_groups[0]["lr"] == pytest.approx(0.002)
+    assert opts["aux"].param_groups[0]["lr"] == pytest.approx(0.02)
+    assert sum(len(g["params"]) for g in opts["net"].param_groups) == len(groups["net"])
+    sch = create_scheduler(conf, opts)["net"]
+    assert sch.patience == 3 and sch.factor == pytest.approx(0.1) and sch.mode == "min"
+
+    with pytest.raises(ConfigError, match="optimizer.net.type"):
+        create_optimizer(compose("quickstart", "optimizer.net.type=Nope"), model)
+    with pytest.raises(ConfigError, match="optimizer.bogus"):
+        create_optimizer(compose("quickstart", "+optimizer.bogus.type=Adam"), model)
+    with pytest.raises(ConfigError, match="scheduler.aux"):
+        create_scheduler(compose("quickstart", "+scheduler.aux.type=ReduceLROnPlateau"), {"net": opts["net"]})
+    frozen = compose("quickstart", "model.freeze=[g_a,g_s,entropy_bottleneck,adaptive_codec]")
+    with pytest.raises(ConfigError, match="nothing to train"):
+        create_optimizer(frozen, _small_model(frozen))
+
+
+# ----------------------------------------------------------------------------- datasets
+def test_skimage_dataset_options_build_loaders(compose):
+    from encdist.config.factory import create_dataloaders
+
+    conf = compose(
+        "quickstart",
+        "dataset.train.config.num_samples=8",
+        "dataset.train.loader.batch_size=4",
+        "dataset.train.settings.patch_size=[64,64]",
+        "dataset.valid.settings.patch_size=[32,48]",
+    )
+    loaders = create_dataloaders(conf)
+    assert set(loaders) == {"train", "valid", "infer"}
+    assert len(loaders["train"].dataset) == 8 and len(loaders["train"]) == 2
+    x = next(iter(loaders["train"]))
+    assert x.shape == (4, 3, 64, 64) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    x = next(iter(loaders["valid"]))
+    assert x.shape[1:] == (3, 32, 48)
+    infer = loaders["infer"].dataset
+    assert len(infer) == 2 and loaders["infer"].batch_size == 1
+    assert infer.names == ("astronaut", "coffee")
+    assert not set(infer.names) & set(loaders["train"].dataset.names)
+    assert not set(loaders["valid"].dataset.names) & set(loaders["train"].dataset.names)
+
+
+@pytest.mark.parametrize(
+    "overrides, key, folder",
+    [
+        ([], "dataset.train.config.root", "vimeo90k/vimeo_triplet"),
+        (["dataset@dataset.train=skimage/train"], "dataset.valid.config.root", "vimeo90k/vimeo_triplet"),
+        (
+            ["dataset@dataset.train=skimage/train", "dataset@dataset.valid=skimage/valid"],
+            "dataset.infer.config.root",
+            "kodak",
+        ),
+    ],
+    ids=["vimeo90k/train", "vimeo90k/valid", "kodak/infer"],
+)
+def test_missing_dataset_folders_are_one_line_errors(compose, tmp_path, overrides, key, folder):
+    """The paper's datasets (example_adaptive) do not exist here: one line naming path and key."""
+    from encdist.config.factory import create_dataloaders
+    from encdist.errors import DatasetError
+
+    conf = compose("example_adaptive", *overrides)
+    with pytest.raises(DatasetError) as info:
+        create_dataloaders(conf)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert str(tmp_path / "datasets" / folder) in msg
+    assert key in msg
+
+
+def test_skimage_datasets_in_the_paper_config(compose):
+    from encdist.config.factory import create_dataloaders
+
+    conf = compose(
+        "example_adaptive",
+        "dataset@dataset.train=skimage/train",
+        "dataset@dataset.valid=skimage/valid",
+        "dataset@dataset.infer=skimage/infer",
+    )
+    loaders = create_dataloaders(conf)
+    assert [type(l.dataset).__name__ for l in loaders.values()] == ["SkimageSamples"] * 3
+
+
+def test_unknown_dataset_type_names_the_key(compose):
+    from encdist.config.factory import create_dataloaders, validate_config
+    from encdist.errors import ConfigError
+
+    conf = compose("quickstart", "dataset.valid.type=NoSuchDataset")
+    for fn in (validate_config, create_dataloaders):
+        with pytest.raises(ConfigError, match=r"dataset\.valid\.type: unknown dataset type 'NoSuchDataset'"):
+            fn(conf)
+
+
+# ----------------------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        (["model.name=nope"], r"model\.name: unknown model type 'nope'"),
+        (["criterion.type=Nope"], r"criterion\.type: unknown criterion type 'Nope'"),
+        (["runner.type=Nope"], r"runner\.type: unknown runner type 'Nope'"),
+        (["dataset.train.type=Nope"], r"dataset\.train\.type: unknown dataset type 'Nope'"),
+        (["scheduler.net.type=Nope"], r"scheduler\.net\.type: unknown scheduler type 'Nope'"),
+        (["~criterion.lmbda"], r"criterion\.lmbda must be a positive number, got None"),
+        (["criterion.lmbda=-1"], r"criterion\.lmbda must be a positive number, got -1"),
+        (["criterion.lmbda=0"], r"criterion\.lmbda must be a positive number"),
+        (["criterion.lmbda=abc"], r"criterion\.lmbda must be a positive number, got 'abc'"),
+        (["criterion.lmbda=nan"], r"criterion\.lmbda must be a positive number"),
+        (["~dataset.train"], r"missing required config key dataset\.train"),
+        (["~dataset.valid"], r"missing required config key dataset\.valid"),
+        (["~criterion"], r"missing required config key criterion"),
+        (["~model.name"], r"missing required config key model\.name"),
+        (["engine.num_epochs=0"], r"engine\.num_epochs must be a positive integer"),
+        (["paths.aim=${paths.nope}"], r"config does not resolve"),
+    ],
+)
+def test_validate_config_errors_are_one_line(compose, overrides, pattern):
+    from encdist.config.factory import validate_config
+    from encdist.errors import ConfigError
+
+    conf = compose("quickstart", *overrides)
+    with pytest.raises(ConfigError, match=pattern) as info:
+        validate_config(conf)
+    assert "\n" not in str(info.value)
+
+
+def test_factory_create_names_the_key_of_an_unknown_type():
+    from encdist.config.factory import create
+    from encdist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"criterion\.type: unknown criterion type 'nope'"):
+        create("criterion", {"type": "nope"})
+    with pytest.raises(ConfigError, match=r"missing required config key criterion\.type"):
+        create("criterion", {"lmbda": 0.01})
+    with pytest.raises(ConfigError, match=r"criterion \(RateDistortionLoss\):"):
+        create("criterion", {"type": "RateDistortionLoss", "no_such_argument": 1})
+
+
+# ----------------------------------------------------------------------------- pretrained weights
+def test_checkpoint_of_another_architecture_is_one_line_checkpoint_error(compose, tmp_path):
+    from encdist.config.factory import create_model
+    from encdist.errors import CheckpointError
+
+    ckpt = make_factorized_checkpoint(tmp_path / "n32.pth", N=32, M=TINY_M)
+    conf = compose("quickstart", *SMALL, f"paths.pretrained={ckpt}")
+    with pytest.raises(CheckpointError) as info:
+        create_model(conf)
+    msg = str(info.value)
+    assert "\n" not in msg and str(ckpt) in msg and "g_a.0.weight" in msg
+
+
+def test_missing_pretrained_checkpoint_is_checkpoint_error(compose, tmp_path):
+    from encdist.config.factory import create_model
+    from encdist.errors import CheckpointError
+
+    conf = compose("quickstart", *SMALL, f"paths.pretrained={tmp_path / 'missing.pth'}")
+    with pytest.raises(CheckpointError, match="pretrained checkpoint not found"):
+        create_model(conf)
+
+
+def test_zoo_without_network_is_pretrained_weights_error(compose, monkeypatch):
+    """The zoo download failing (mocked: no network) gives a one-line hint at ``paths.pretrained``."""
+    import compressai.zoo
+
+    from encdist.config.factory import create_model
+    from encdist.errors import PretrainedWeightsError
+
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(kwargs)
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setitem(compressai.zoo.image_models, "bmshj2018-factorized", offline)
+    conf = compose("example_adaptive", "hp.quality=3")
+    with pytest.raises(PretrainedWeightsError) as info:
+        create_model(conf)
+    msg = str(info.value)
+    assert "\n" not in msg and "paths.pretrained" in msg and "URLError" in msg
+    assert calls and calls[0]["quality"] == 3 and calls[0]["pretrained"] is True
+
+
+def test_zoo_real_download_offline_fails_fast(monkeypatch, tmp_path):
+    """Unmocked: without network the zoo download fails (quickly) with PretrainedWeightsError."""
+    from encdist.errors import PretrainedWeightsError
+    from encdist.pretrained import zoo_state_dict
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no cached weights, no pollution
+    result = {}
+
+    def target():
+        try:
+            result["value"] = zoo_state_dict("bmshj2018-factorized", 1)
+        except BaseException as e:  # noqa: BLE001
+            result["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    if thread.is_alive():
+        pytest.skip("the zoo download neither failed nor finished within 20 s (network hangs)")
+    if "value" in result:
+        pytest.skip("network available: the zoo weights were downloaded")
+    error = result["error"]
+    assert isinstance(error, PretrainedWeightsError), repr(error)
+    assert "paths.pretrained" in str(error) and "\n" not in str(error)
