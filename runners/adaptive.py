@@ -84,7 +84,7 @@ class AdaptiveDistributionRunner(BaseRunner):
         bits_adaptive = -(counts * torch.log2(p_hat.clamp_min(1e-9))).sum(-1)
         ctx = {"loader": self.loader_key}
         figs = {
-            "distributions": plot_distributions(p.cpu().numpy(), p_hat.cpu().numpy()),
+            "distributions": plot_distributions(p.cpu().numpy(), p_hat.cpu().numpy(), only_support=True),
             "channel_rates": plot_channel_rates(bits_static.cpu().numpy(), bits_adaptive.cpu().numpy()),
         }
         row = self.infer_rows[0]

@@ -73,11 +73,27 @@ def pretrained(tmp_path_factory) -> Path:
     return make_factorized_checkpoint(tmp_path_factory.mktemp("pretrained") / "factorized-16-32.pth")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster.
+
+    (With two threads and other processes busy, each small op waits for both threads.)
+    Restored after the module; only the training-test modules use it.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def train_env(root: Path) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env.update(
         ENCDIST_ROOT=str(root),
-        OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
+        OMP_NUM_THREADS="1",  # tiny models: threads only cost (see one_torch_thread)
+        MKL_NUM_THREADS="1",
         AIM_UI_TELEMETRY_ENABLED="0",
         PYTHONUNBUFFERED="1",
     )

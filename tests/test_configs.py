@@ -9,6 +9,7 @@ fail with a one-line ``DatasetError`` naming the path and the config key), engin
 
 from __future__ import annotations
 
+import copy
 import threading
 import urllib.error
 from pathlib import Path
@@ -18,6 +19,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import TINY_M, TINY_N, make_factorized_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RUN_HASH = "0123456789abcdef01234567"
 TOP_LEVEL = ("quickstart", "example_adaptive", "base_quickstart")
@@ -30,12 +33,23 @@ def test_every_top_level_config_is_tested():
     assert found == sorted(TOP_LEVEL), "a new top-level config needs its tests here"
 
 
+#: Config groups of ``conf/`` (overrides of these select options; the others set values).
+GROUPS = {"paths", "env", "engine", "runner", "criterion", "optimizer", "scheduler", "dataset", "model", "hp", "misc"}
+
+
 @pytest.fixture(scope="module")
 def compose():
-    """``compose(name, *overrides)``: the composed config, ``env.aim.run_hash`` set, struct off."""
+    """``compose(name, *overrides)``: the composed config, ``env.aim.run_hash`` set, struct off.
+
+    Composing is slow (~0.3 s), so the defaults tree (config name + group overrides) is
+    composed once and cached; value overrides (``a.b=1``, ``~a.b``, ``+a.b=1``) are applied to
+    a copy afterwards exactly as Hydra applies them after composition.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     import encdist  # noqa: F401  (registers models, criteria)
     import encdist.datasets  # noqa: F401
@@ -44,15 +58,35 @@ def compose():
 
     register_resolvers()
     GlobalHydra.instance().clear()
+    parser = OverridesParser.create()
+    cache = {}
 
     def _compose(name: str, *overrides: str):
-        conf = hydra_compose(config_name=name, overrides=[f"env.aim.run_hash={RUN_HASH}", *overrides])
+        parsed = parser.parse_overrides([f"env.aim.run_hash={RUN_HASH}", *overrides])
+        is_group = [o.package is not None or o.key_or_group in GROUPS for o in parsed]
+        group_lines = tuple(o.input_line for o, g in zip(parsed, is_group) if g)
+        if (name, group_lines) not in cache:
+            cache[name, group_lines] = hydra_compose(config_name=name, overrides=list(group_lines))
+        conf = copy.deepcopy(cache[name, group_lines])
+        ConfigLoaderImpl._apply_overrides_to_config([o for o, g in zip(parsed, is_group) if not g], conf)
         OmegaConf.set_struct(conf, False)
         return conf
 
     with initialize_config_module("encdist.conf", version_base="1.3"):
         yield _compose
     GlobalHydra.instance().clear()
+
+
+def test_compose_fixture_matches_hydra(compose):
+    """The cached composition gives what a plain ``hydra.compose`` gives."""
+    from hydra import compose as hydra_compose
+
+    overrides = ["hp=factorized_pdf_high", "hp.quality=7", "~criterion.target_size", "+optimizer.net.eps=1e-6",
+                 "dataset@dataset.infer=skimage/valid", "dataset.train.settings.patch_size=[64,64]"]
+    ours = compose("example_adaptive", *overrides)
+    plain = hydra_compose(config_name="example_adaptive", overrides=[f"env.aim.run_hash={RUN_HASH}", *overrides])
+    assert OmegaConf.to_container(ours) == OmegaConf.to_container(plain)
+    assert ours.criterion.lmbda == plain.criterion.lmbda == pytest.approx(0.0932)
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -21,9 +22,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import (
-    LOADERS,
     TINY,
     TINY_M,
     aim_run_hashes,
@@ -36,6 +37,8 @@ from conftest import (
     train_env,
     train_inprocess,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STEPS_PER_EPOCH = 2  # TINY: num_samples=16, batch_size=8
 NO_INFER = ["~dataset@dataset.infer", "runner.inference.figures=false"]
@@ -264,6 +267,7 @@ def _same(a, b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # trains a few steps (in this process)
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch, capfd, pretrained):
     from encdist.checkpoint import safe_load
 
@@ -287,6 +291,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch, capfd, p
     assert steps == [1] and all(v == v for v in values)
 
 
+@pytest.mark.slow  # trains a few steps (in this process)
 def test_consecutive_nonfinite_losses_stop_training(tmp_path, monkeypatch, capfd, pretrained):
     root = tmp_path / "root"
     holder = _inject(monkeypatch, "all")
@@ -305,6 +310,7 @@ def test_consecutive_nonfinite_losses_stop_training(tmp_path, monkeypatch, capfd
     print(line)
 
 
+@pytest.mark.slow  # trains a few steps (in this process)
 def test_nonfinite_loss_error_type(tmp_path, monkeypatch, pretrained):
     """Library use: ``train()`` raises ``NonFiniteLossError`` (an ``EncdistError`` and ``FloatingPointError``)."""
     from hydra import compose, initialize_config_module
@@ -338,20 +344,22 @@ def test_nonfinite_loss_error_type(tmp_path, monkeypatch, pretrained):
 @pytest.mark.slow
 def test_two_runs_write_one_aim_repo_at_once(tmp_path, pretrained):
     """joblib launcher, two jobs in parallel processes, one Aim repository (created by the race)."""
-    from encdist.results import load_results
+    import aim
 
     root = tmp_path / "root"
     train_cli(
-        root, "-m", *TINY, f"paths.pretrained={pretrained}", "runner.inference.figures=false",
+        root, "-m", *TINY, f"paths.pretrained={pretrained}", *NO_INFER,
         "criterion.lmbda=0.004,0.008", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
     )
     runs = run_dirs(root)
     assert len(runs) == 2
-    lmbdas = sorted(load_results(r / "results" / "infer.json")["results"]["criterion.lmbda"][0] for r in runs)
+    lmbdas = sorted(yaml.safe_load((r / "configs" / "config.yaml").read_text())["criterion"]["lmbda"] for r in runs)
     assert lmbdas == [pytest.approx(0.004), pytest.approx(0.008)]
     assert aim_run_hashes(root / "aim") == sorted(r.name for r in runs)
+    repo = aim.Repo(str(root / "aim"))
     for r in runs:
-        for loader in LOADERS:
-            for name in ("bpp_y", "bpp_pdf"):
+        assert repo.get_run(r.name)["hparams"]["env"]["aim"]["run_hash"] == r.name
+        for loader in ("train", "valid"):
+            for name in ("bpp_y", "bpp_pdf", "loss"):
                 steps, values = aim_series(root / "aim", r.name, name, loader)
-                assert steps == [1] and all(v == v for v in values), (r.name, loader, name)
+                assert steps == [1] and all(math.isfinite(v) for v in values), (r.name, loader, name)

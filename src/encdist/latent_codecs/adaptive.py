@@ -35,11 +35,14 @@ Modes:
 
 Side-stream layout (adaptive and ideal modes), per image::
 
-    [mode: 1 byte][crc32(config, mode, pdf payload, y string): 4 bytes][pdf payload]
+    [mode: 1 byte][crc32(config, mode, y length, pdf payload, y symbols): 4 bytes][pdf payload]
 
-The checksum lets the decoder reject truncated or corrupted streams, and
-streams of a model of another configuration, *before* they reach the rANS
-decoder. It costs 40 bits per image (1e-4 bpp on a 768×512 image).
+The checksum covers the *decoded symbols*, so the decoder detects truncated
+or corrupted streams, streams of a model of another configuration, and also
+a ``p̂`` rebuilt differently from the encoder's (another platform's floating
+point): any of them raises :class:`BitstreamError` instead of returning a
+wrong image. Decoding itself is safe on any input (:mod:`encdist.coding`).
+It costs 40 bits per image (1e-4 bpp on a 768×512 image).
 """
 
 from __future__ import annotations
@@ -65,6 +68,10 @@ __all__ = ["AdaptiveEntropyBottleneckLatentCodec", "MODE_STATIC", "MODE_ADAPTIVE
 MODE_STATIC = 0
 MODE_ADAPTIVE = 1
 _HEADER = struct.Struct(">BI")  # mode, crc32
+_MISMATCH = (
+    "bitstream checksum mismatch: the streams are corrupt or truncated, were made by "
+    "a model of another configuration, or decoded on a platform that rebuilt p̂ differently"
+)
 
 
 @register_module("AdaptiveEntropyBottleneckLatentCodec")
@@ -261,13 +268,14 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
                     if len(s_string) <= len(y_string) + len(payload):
                         mode, payload, y_string = MODE_STATIC, b"", s_string
                 y_strings.append(y_string)
-                pdf_strings.append(self._header(mode, payload, y_string) + payload)
+                pdf_strings.append(self._header(mode, payload, symbols[i], len(y_string)) + payload)
         y_hat = (symbols.to(y.dtype) + self._medians().cpu().view(1, -1, 1, 1)).to(y.device)
         return {"strings": [y_strings, pdf_strings], "shape": shape, "y_hat": y_hat}
 
-    def _header(self, mode: int, payload: bytes, y_string: bytes) -> bytes:
-        crc = zlib.crc32(payload, zlib.crc32(bytes([mode]), self._fingerprint()))
-        return _HEADER.pack(mode, zlib.crc32(y_string, crc))
+    def _header(self, mode: int, payload: bytes, symbols: Tensor, y_length: int) -> bytes:
+        crc = zlib.crc32(payload, zlib.crc32(struct.pack(">BI", mode, y_length), self._fingerprint()))
+        data = symbols.to(torch.int32).contiguous().numpy().tobytes()
+        return _HEADER.pack(mode, zlib.crc32(data, crc))
 
     # ------------------------------------------------------------------ decompress
     def decompress(self, strings: List[List[bytes]], shape: Sequence[int], **kwargs) -> Dict[str, Any]:
@@ -291,17 +299,20 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
                     raise BitstreamError(f"pdf stream: {len(pdf_string)} bytes is shorter than its header")
                 mode, crc = _HEADER.unpack_from(pdf_string)
                 payload = bytes(pdf_string[_HEADER.size:])
-                if mode not in (MODE_STATIC, MODE_ADAPTIVE) or _HEADER.unpack(self._header(mode, payload, y_string))[1] != crc:
-                    raise BitstreamError(
-                        "bitstream checksum mismatch: the streams are corrupt or truncated, "
-                        "or were made by a model of another configuration"
-                    )
+                if mode not in (MODE_STATIC, MODE_ADAPTIVE):
+                    raise BitstreamError(f"pdf stream: unknown coding mode {mode} (corrupt stream?)")
                 if mode == MODE_ADAPTIVE:
-                    cdf, lengths, offsets = self.adaptive_tables(self._unpack_side(payload))
+                    try:
+                        p_hat = self._unpack_side(payload)
+                    except BitstreamError as e:
+                        raise BitstreamError(f"{_MISMATCH} ({e})") from None
+                    cdf, lengths, offsets = self.adaptive_tables(p_hat)
                     cdf = cdf[0]
                 else:
                     cdf, lengths, offsets = s_cdf, s_len, s_off
             sym = decode_with_indexes(y_string, indexes, cdf, lengths, offsets, "y stream")
+            if self.enable_adaptive and _HEADER.unpack(self._header(mode, payload, sym, len(y_string)))[1] != crc:
+                raise BitstreamError(_MISMATCH)
             out.append(sym)
         symbols = torch.stack(out).to(device)
         y_hat = symbols.to(self.entropy_bottleneck.quantiles.dtype) + self._medians().view(1, -1, 1, 1)
