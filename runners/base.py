@@ -65,6 +65,26 @@ class BaseRunner(dl.Runner):
     def aim(self):
         return self.loggers.get("aim")
 
+    def get_loggers(self):
+        """The Aim logger, opened in the process that logs (rank 0 under DDP; never pickled)."""
+        from encdist.aim_logger import AimLogger
+
+        a = self.conf.env.aim
+        loggers = super().get_loggers()  # Catalyst's console logger
+        loggers["aim"] = AimLogger(
+            repo=str(a.repo),
+            experiment=str(a.get("experiment") or self.conf.exp.name),
+            run_hash=self.run_hash,
+            log_batch_metrics=bool(a.get("log_batch_metrics", False)),
+        )
+        return loggers
+
+    def close_loggers(self) -> None:
+        """Close loggers left open (e.g. after an exception)."""
+        for logger in (self.loggers or {}).values():
+            if not getattr(logger, "closed", False):
+                logger.close_log()
+
     def on_experiment_start(self, runner):
         super().on_experiment_start(runner)
         ckpt = self.conf.paths.get("checkpoint")

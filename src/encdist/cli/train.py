@@ -103,7 +103,6 @@ def train(conf: DictConfig) -> Dict[str, Any]:
     validate_config(conf)
     ensure_pretrained(conf)
 
-    from encdist.aim_logger import AimLogger
     from encdist.results import write_atomic
 
     import torch
@@ -118,13 +117,6 @@ def train(conf: DictConfig) -> Dict[str, Any]:
     runner = build_runner(conf, run_hash)
     # Written once everything is built: a config error leaves no run folder behind.
     write_atomic(Path(conf.paths.configs) / "config.yaml", OmegaConf.to_yaml(conf, resolve=True))
-    aim_conf = conf.env.aim
-    logger = AimLogger(
-        repo=str(aim_conf.repo),
-        experiment=str(aim_conf.get("experiment") or conf.exp.name),
-        run_hash=run_hash,
-        log_batch_metrics=bool(aim_conf.get("log_batch_metrics", False)),
-    )
     print(f"[{PROG}] run {run_hash}: {conf.paths._run_root}", flush=True)
     try:
         runner.train(
@@ -133,7 +125,6 @@ def train(conf: DictConfig) -> Dict[str, Any]:
             optimizer=optimizer,
             scheduler=scheduler or None,
             loaders=loaders,
-            loggers={"aim": logger},
             engine=engine,
             num_epochs=int(conf.engine.num_epochs),
             hparams=to_dict(conf),
@@ -144,8 +135,7 @@ def train(conf: DictConfig) -> Dict[str, Any]:
             seed=int(conf.env.get("seed", 42)),
         )
     finally:
-        if not logger.closed:
-            logger.close_log()
+        runner.close_loggers()
     export(conf, runner)
     summary = getattr(runner, "infer_summary", None) or {}
     print_summary(conf, run_hash, summary)

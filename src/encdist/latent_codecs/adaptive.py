@@ -57,7 +57,7 @@ from compressai.entropy_models import EntropyBottleneck
 from compressai.latent_codecs import LatentCodec
 from torch import Tensor
 
-from encdist.coding import decode_with_indexes, encode_with_indexes, quantized_cdf_table
+from encdist.coding import decode_with_indexes, encode_with_indexes, quantized_cdf_table, table_bits
 from encdist.errors import BitstreamError
 from encdist.histogram import bound_ste, hard_histogram, histogram, interp_log_pmf
 from encdist.pdf_model import PdfModel
@@ -259,18 +259,46 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
                 # The decoder's p̂ comes from the decoded payload: derive it the same way here.
                 p_hat = self._unpack_side(payload)
                 a_cdf, a_len, a_off = self.adaptive_tables(p_hat)
-                mode = MODE_ADAPTIVE
-                y_string = encode_with_indexes(symbols[i], indexes, a_cdf[0], a_len, a_off)
-                if self.fallback_static:
-                    # Compare actual sizes: estimates from symbol counts ignore escapes and
-                    # coder overhead, and can pick the larger stream.
-                    s_string = encode_with_indexes(symbols[i], indexes, s_cdf, s_len, s_off)
-                    if len(s_string) <= len(y_string) + len(payload):
-                        mode, payload, y_string = MODE_STATIC, b"", s_string
+                mode, y_string = self._encode_cheaper(symbols[i], indexes, a_cdf[0], a_len, a_off, s_cdf, s_len, s_off, payload)
+                if mode == MODE_STATIC:
+                    payload = b""
                 y_strings.append(y_string)
                 pdf_strings.append(self._header(mode, payload, symbols[i], len(y_string)) + payload)
         y_hat = (symbols.to(y.dtype) + self._medians().cpu().view(1, -1, 1, 1)).to(y.device)
         return {"strings": [y_strings, pdf_strings], "shape": shape, "y_hat": y_hat}
+
+    #: Relative margin within which the cost estimates are not trusted and both streams are coded.
+    FALLBACK_MARGIN = 0.03
+
+    def _encode_cheaper(self, symbols, indexes, a_cdf, a_len, a_off, s_cdf, s_len, s_off, payload: bytes):
+        """``(mode, y_string)``: the adaptive stream, or the static one when that is no larger.
+
+        Costs are first estimated from symbol counts (escapes and coder overhead
+        left out); only when the two estimates are within ``FALLBACK_MARGIN``
+        of each other are both streams coded and their actual sizes compared.
+        """
+        if not self.fallback_static:
+            return MODE_ADAPTIVE, encode_with_indexes(symbols, indexes, a_cdf, a_len, a_off)
+        adaptive = self._estimate_bits(symbols, a_cdf, a_len, a_off) + 8 * len(payload)
+        static = self._estimate_bits(symbols, s_cdf, s_len, s_off)
+        if adaptive < static * (1 - self.FALLBACK_MARGIN):
+            return MODE_ADAPTIVE, encode_with_indexes(symbols, indexes, a_cdf, a_len, a_off)
+        s_string = encode_with_indexes(symbols, indexes, s_cdf, s_len, s_off)
+        if static < adaptive * (1 - self.FALLBACK_MARGIN):
+            return MODE_STATIC, s_string
+        a_string = encode_with_indexes(symbols, indexes, a_cdf, a_len, a_off)
+        if len(s_string) <= len(a_string) + len(payload):
+            return MODE_STATIC, s_string
+        return MODE_ADAPTIVE, a_string
+
+    def _estimate_bits(self, symbols: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor) -> float:
+        """Bits of ``symbols`` (``(C, h, w)``) under integer tables; out-of-support symbols count as escapes."""
+        K = cdf.shape[-1] - 1
+        escape = (lengths.long() - 2).view(-1, 1)  # index of each table's tail (escape) symbol
+        rel = symbols.reshape(self.channels, -1) - offsets.long().view(-1, 1)
+        rel = torch.where((rel < 0) | (rel > escape), escape, rel)
+        counts = torch.zeros(self.channels, K, dtype=torch.long).scatter_add_(1, rel, torch.ones_like(rel))
+        return float(table_bits(counts, cdf).sum())
 
     def _header(self, mode: int, payload: bytes, symbols: Tensor, y_length: int) -> bytes:
         crc = zlib.crc32(payload, zlib.crc32(struct.pack(">BI", mode, y_length), self._fingerprint()))
