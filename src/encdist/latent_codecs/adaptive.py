@@ -277,7 +277,8 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         left out); only when the two estimates are within ``FALLBACK_MARGIN``
         of each other are both streams coded and their actual sizes compared.
         """
-        if not self.fallback_static:
+        if not self.fallback_static or self.ideal:
+            # The ideal bound sends p at zero cost: it never falls back.
             return MODE_ADAPTIVE, encode_with_indexes(symbols, indexes, a_cdf, a_len, a_off)
         adaptive = self._estimate_bits(symbols, a_cdf, a_len, a_off) + 8 * len(payload)
         static = self._estimate_bits(symbols, s_cdf, s_len, s_off)
