@@ -129,3 +129,65 @@ def count_flop_macs(fn: Callable[[], object]) -> float:
 
 def num_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------- call timers
+class CallTimer:
+    """Times calls of functions/methods while active, by temporarily wrapping them.
+
+    ``add(obj, attr, label)`` wraps ``obj.attr`` (a module-level function, or a bound method
+    set as an instance attribute); ``label`` may be a callable ``(count) -> str`` to name
+    successive calls differently. ``hook(module, label)`` times an ``nn.Module``'s forward.
+    Targets that do not exist are skipped and listed in ``missing``.
+    """
+
+    def __init__(self):
+        self.laps: Dict[str, float] = {}
+        self.missing: List[str] = []
+        self._undo: List[Callable[[], None]] = []
+        self._counts: Dict[str, int] = {}
+
+    def _record(self, label: str, dt: float) -> None:
+        self.laps[label] = self.laps.get(label, 0.0) + dt
+
+    def add(self, obj, attr: str, label) -> None:
+        if not hasattr(obj, attr):
+            self.missing.append(f"{getattr(obj, '__name__', type(obj).__name__)}.{attr}")
+            return
+        orig = getattr(obj, attr)
+        is_instance_attr = not isinstance(obj, type(torch)) and attr not in vars(obj)
+        key = f"{id(obj)}.{attr}"
+
+        def wrapper(*a, **k):
+            n = self._counts.get(key, 0)
+            self._counts[key] = n + 1
+            t = time.perf_counter()
+            try:
+                return orig(*a, **k)
+            finally:
+                self._record(label(n) if callable(label) else label, time.perf_counter() - t)
+
+        setattr(obj, attr, wrapper)
+        if is_instance_attr:
+            self._undo.append(lambda: delattr(obj, attr))
+        else:
+            self._undo.append(lambda: setattr(obj, attr, orig))
+
+    def hook(self, module: nn.Module, label: str) -> None:
+        start = {}
+        h1 = module.register_forward_pre_hook(lambda m, a: start.__setitem__("t", time.perf_counter()))
+        h2 = module.register_forward_hook(lambda m, a, o: self._record(label, time.perf_counter() - start.pop("t")))
+        self._undo += [h1.remove, h2.remove]
+
+    def reset_counts(self) -> None:
+        self._counts = {}
+
+    def take(self) -> Dict[str, float]:
+        laps, self.laps = self.laps, {}
+        self._counts = {}
+        return laps
+
+    def close(self) -> None:
+        for u in reversed(self._undo):
+            u()
+        self._undo = []

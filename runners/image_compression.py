@@ -29,7 +29,15 @@ class ImageCompressionRunner(BaseRunner):
         self._refitted = False
 
     def _before_infer(self) -> None:
-        if self.refit.get("steps", 0) > 0 and not self._refitted and self.epoch_step >= self.num_epochs:
+        if self.epoch_step >= self.num_epochs:
+            self._refit_once()
+
+    def on_experiment_end(self, runner):
+        self._refit_once()  # also without an infer loader
+        super().on_experiment_end(runner)
+
+    def _refit_once(self) -> None:
+        if self.refit.get("steps", 0) > 0 and not self._refitted:
             self._refit_bottleneck()
             self._refitted = True
 
