@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from aim_http import free_port, http
 
 LOADERS = ("train", "valid", "infer")
 
@@ -413,21 +411,6 @@ def test_two_processes_share_one_repo(tmp_path):
 
 
 # ---------------------------------------------------------------- aim up dashboard
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _http(method: str, url: str, body=None, timeout: float = 10.0):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return response.status, json.loads(response.read().decode())
-
-
 @pytest.mark.slow
 def test_aim_up_dashboard_serves_logged_metrics(tmp_path):
     from encdist.aim_logger import AimLogger
@@ -439,7 +422,7 @@ def test_aim_up_dashboard_serves_logged_metrics(tmp_path):
         logger.log_hparams({"model": {"name": "bmshj2018-factorized-pdf"}})
         run_hash = logger.run_hash
 
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}/api"
     aim_cli = Path(sys.executable).with_name("aim")
     log_path = tmp_path / "aim_up.log"
@@ -458,7 +441,7 @@ def test_aim_up_dashboard_serves_logged_metrics(tmp_path):
             if server.poll() is not None:
                 pytest.fail(f"aim up exited with {server.returncode}:\n{log_path.read_text()[-2000:]}")
             try:
-                status, info = _http("GET", f"{base}/runs/{run_hash}/info/", timeout=5)
+                status, info = http("GET", f"{base}/runs/{run_hash}/info/", timeout=5)
                 if status == 200:
                     break
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
@@ -478,7 +461,7 @@ def test_aim_up_dashboard_serves_logged_metrics(tmp_path):
             for name in ("bpp_y", "bpp_pdf")
             for loader in LOADERS
         ]
-        status, traces = _http("POST", f"{base}/runs/{run_hash}/metric/get-batch/", requested, timeout=30)
+        status, traces = http("POST", f"{base}/runs/{run_hash}/metric/get-batch/", requested, timeout=30)
         assert status == 200 and len(traces) == len(requested)
         for trace in traces:
             loader = trace["context"]["loader"]
