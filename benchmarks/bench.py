@@ -40,6 +40,7 @@ with ``--quick``) and prints the Markdown at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as _dt
 import hashlib
@@ -109,6 +110,21 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         coding_warmup=0,
     ),
 }
+
+
+@contextlib.contextmanager
+def _coding_setup(model, mode: str, fallback: bool):
+    """Code with ``mode`` and the static fallback on or off; restores both afterwards."""
+    from encdist.evaluate import coding_mode
+
+    codec = model.adaptive_codec
+    saved = codec.fallback_static
+    codec.fallback_static = fallback
+    try:
+        with coding_mode(model, mode):
+            yield
+    finally:
+        codec.fallback_static = saved
 
 
 def log(msg: str) -> None:
@@ -795,17 +811,12 @@ def section_coding(args, prof, model, model_desc) -> Dict[str, Any]:
     for r in range(warm + reps):
         order = arms[r % len(arms):] + arms[: r % len(arms)]
         for name, mode, fb in order:
-            saved = codec.fallback_static
-            codec.fallback_static = fb
-            try:
-                with coding_mode(model, mode):
-                    t0 = time.perf_counter()
-                    enc = model.compress(x)
-                    t1 = time.perf_counter()
-                    model.decompress(enc["strings"], enc["shape"])
-                    t2 = time.perf_counter()
-            finally:
-                codec.fallback_static = saved
+            with _coding_setup(model, mode, fb):
+                t0 = time.perf_counter()
+                enc = model.compress(x)
+                t1 = time.perf_counter()
+                model.decompress(enc["strings"], enc["shape"])
+                t2 = time.perf_counter()
             if r >= warm:
                 times[name]["encode"].append(t1 - t0)
                 times[name]["decode"].append(t2 - t1)
@@ -829,10 +840,8 @@ def section_coding(args, prof, model, model_desc) -> Dict[str, Any]:
         for r in range(max(2, reps)):
             for name, mode, fb in (arms[1:2] + arms[:1]) if r % 2 else arms[:2]:
                 ct = _call_timer(model, mode)
-                saved = codec.fallback_static
-                codec.fallback_static = fb
                 try:
-                    with coding_mode(model, mode):
+                    with _coding_setup(model, mode, fb):
                         t0 = time.perf_counter()
                         enc = model.compress(x)
                         t1 = time.perf_counter()
@@ -841,7 +850,6 @@ def section_coding(args, prof, model, model_desc) -> Dict[str, Any]:
                         t2 = time.perf_counter()
                         d_laps = ct.take()
                 finally:
-                    codec.fallback_static = saved
                     ct.close()
                 e_laps["other (untimed code)"] = (t1 - t0) - sum(e_laps.values())
                 d_laps["other (untimed code)"] = (t2 - t1) - sum(d_laps.values())

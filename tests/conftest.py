@@ -33,17 +33,7 @@ TINY: List[str] = [
     "dataset.valid.settings.patch_size=[64,64]",
 ]
 #: The same for the base model trained first (``+base_overrides=[...]``).
-TINY_BASE: List[str] = [
-    "engine.num_epochs=1",
-    f"hp.N={TINY_N}",
-    f"hp.M={TINY_M}",
-    "dataset.train.config.num_samples=16",
-    "dataset.train.loader.batch_size=8",
-    "dataset.train.settings.patch_size=[64,64]",
-    "dataset.valid.loader.batch_size=1",
-    "dataset.valid.settings.patch_size=[64,64]",
-    "~dataset@dataset.infer",  # the base model's own infer pass is not needed
-]
+TINY_BASE: List[str] = TINY + ["~dataset@dataset.infer"]  # the base model's own infer pass is not needed
 
 LOADERS = ("train", "valid", "infer")
 MODEL_NAME = "bmshj2018-factorized-pdf"
