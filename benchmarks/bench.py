@@ -797,7 +797,6 @@ def _call_timer(model, mode: str) -> "H.CallTimer":
 
 @torch.no_grad()
 def section_coding(args, prof, model, model_desc) -> Dict[str, Any]:
-    from encdist.evaluate import coding_mode
 
     model = copy.deepcopy(model).cpu().eval()
     model.update(force=True)
