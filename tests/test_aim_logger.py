@@ -6,15 +6,13 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
-import urllib.error
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from aim_http import free_port, http
+from aim_http import aim_up, http
 
 LOADERS = ("train", "valid", "infer")
 
@@ -422,34 +420,9 @@ def test_aim_up_dashboard_serves_logged_metrics(tmp_path):
         logger.log_hparams({"model": {"name": "bmshj2018-factorized-pdf"}})
         run_hash = logger.run_hash
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}/api"
-    aim_cli = Path(sys.executable).with_name("aim")
-    log_path = tmp_path / "aim_up.log"
-    env = {**os.environ, "AIM_UI_TELEMETRY_ENABLED": "0"}
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [str(aim_cli), "up", "--repo", str(repo), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--yes"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True,  # own process group: aim up starts uvicorn as a child
-        )
-    try:
-        deadline = time.monotonic() + 120
-        info = None
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                pytest.fail(f"aim up exited with {server.returncode}:\n{log_path.read_text()[-2000:]}")
-            try:
-                status, info = http("GET", f"{base}/runs/{run_hash}/info/", timeout=5)
-                if status == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"aim up did not answer within 120 s:\n{log_path.read_text()[-2000:]}")
-
+    with aim_up(repo, tmp_path / "aim_up.log", wait_for=f"/runs/{run_hash}/info/") as base:
+        status, info = http("GET", f"{base}/runs/{run_hash}/info/", timeout=30)
+        assert status == 200
         assert info["params"]["hparams"] == {"model": {"name": "bmshj2018-factorized-pdf"}}
         assert info["props"]["experiment"]["name"] == "dashboard"
         listed = {(t["name"], t["context"].get("loader")) for t in info["traces"]["metric"]}
@@ -467,17 +440,3 @@ def test_aim_up_dashboard_serves_logged_metrics(tmp_path):
             loader = trace["context"]["loader"]
             assert trace["iters"] == steps
             assert trace["values"] == pytest.approx([_value(trace["name"], loader, s) for s in steps])
-    finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-        try:  # whatever of the group (uvicorn) is left
-            os.killpg(server.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        server.wait(timeout=15)
