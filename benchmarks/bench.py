@@ -113,18 +113,18 @@ PROFILES: Dict[str, Dict[str, Any]] = {
 
 
 @contextlib.contextmanager
-def _coding_setup(model, mode: str, fallback: bool):
-    """Code with ``mode`` and the static fallback on or off; restores both afterwards."""
+def _coding_setup(model, mode: str, fallback: bool, refine_steps: int = 0):
+    """Code with ``mode``, the static fallback on or off and ``refine_steps``; restores all afterwards."""
     from encdist.evaluate import coding_mode
 
     codec = model.adaptive_codec
-    saved = codec.fallback_static
-    codec.fallback_static = fallback
+    saved = codec.fallback_static, codec.refine_steps
+    codec.fallback_static, codec.refine_steps = fallback, refine_steps
     try:
         with coding_mode(model, mode):
             yield
     finally:
-        codec.fallback_static = saved
+        codec.fallback_static, codec.refine_steps = saved
 
 
 def log(msg: str) -> None:
@@ -251,9 +251,14 @@ def _train_command() -> List[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "encdist.cli.train"]
 
 
-def _run_multirun(config: str, lambdas: Sequence[float], overrides: Sequence[str], root: Path, logfile: Path) -> float:
-    """``compressai-train --config-name=config -m criterion.lmbda=a,b,... overrides`` with ENCDIST_ROOT=root."""
+def _run_multirun(config: str, lambdas: Sequence[float], overrides: Sequence[str], root: Path, logfile: Path, jobs: int = 1) -> float:
+    """``compressai-train --config-name=config -m criterion.lmbda=a,b,... overrides`` with ENCDIST_ROOT=root.
+
+    ``jobs`` > 1 runs that many λ in parallel processes (Hydra's joblib launcher).
+    """
     cmd = _train_command() + [f"--config-name={config}", "--multirun", "criterion.lmbda=" + ",".join(_lam_str(l) for l in lambdas)]
+    if jobs > 1:
+        cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={int(jobs)}"]
     cmd += list(overrides)
     env = dict(os.environ, ENCDIST_ROOT=str(root), PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1")
     root.mkdir(parents=True, exist_ok=True)
@@ -324,19 +329,38 @@ def _infer_images():
     return [(ds.names[i], ds[i].unsqueeze(0)) for i in range(len(ds))]
 
 
+def _static_channels(codec, pdf_string: bytes):
+    """Channels the encoder coded with the static tables (mode 0: all, 1: none, 2: the unset flag bits)."""
+    from encdist.latent_codecs import MODE_ADAPTIVE, MODE_MIXED, MODE_STATIC
+
+    if not pdf_string:
+        return None
+    mode = pdf_string[0]
+    if mode == MODE_STATIC:
+        return codec.channels
+    if mode == MODE_ADAPTIVE:
+        return 0
+    if mode == MODE_MIXED:
+        return codec.channels - int(codec._unpack_mask(bytes(pdf_string[5:])).sum())
+    return None
+
+
 @torch.no_grad()
-def _evaluate_run(run_dir: Path, images) -> Dict[str, Any]:
+def _evaluate_run(run_dir: Path, images, refine_steps: int = 0) -> Dict[str, Any]:
     from encdist.cli.eval import load_run
     from encdist.datasets import pad_to_multiple
     from encdist.evaluate import coding_mode, evaluate_image
 
-    model, conf, _ = load_run(run_dir)
+    # The last epoch's weights (the runner's own infer pass uses them too), not runner.best.pth: with one
+    # small valid image, "best valid loss" picks an arbitrary epoch of a cosine-decayed run.
+    last = Path(run_dir) / "checkpoints" / "runner.last.pth"
+    model, conf, _ = load_run(last if last.is_file() else run_dir)
     ckpt_info = {}
     try:
         from encdist.checkpoint import safe_load
         from encdist.cli.eval import _find_checkpoint
 
-        ck = _find_checkpoint(Path(run_dir))
+        ck = _find_checkpoint(last if last.is_file() else Path(run_dir))
         ckpt_info = {"checkpoint": ck.name, "epoch": int(safe_load(ck).get("epoch", 0)), "num_epochs": int(conf.engine.num_epochs)}
     except Exception:
         pass
@@ -351,10 +375,10 @@ def _evaluate_run(run_dir: Path, images) -> Dict[str, Any]:
     model.update(force=True)
     codec = model.adaptive_codec
     rows = []
-    saved = codec.fallback_static
+    saved = codec.fallback_static, codec.refine_steps
     for name, x in images:
         try:
-            codec.fallback_static = True
+            codec.fallback_static, codec.refine_steps = True, 0
             res = evaluate_image(model, x, modes=MODES)
             x_pad, _ = pad_to_multiple(x, 64)
             with coding_mode(model, "adaptive"):
@@ -362,16 +386,21 @@ def _evaluate_run(run_dir: Path, images) -> Dict[str, Any]:
             pdf_string = enc["strings"][-1][0]
             codec.fallback_static = False
             nofb = evaluate_image(model, x, modes=("adaptive",))["adaptive"]
+            # Beyond the paper: encoder-side refinement of the side latent (static fallback on).
+            codec.fallback_static, codec.refine_steps = True, refine_steps
+            refined = evaluate_image(model, x, modes=("adaptive",))["adaptive"] if refine_steps else res["adaptive"]
         finally:
-            codec.fallback_static = saved
+            codec.fallback_static, codec.refine_steps = saved
         rows.append(
             {
                 "image": name,
                 "size": list(x.shape[-2:]),
                 "fallback_default": saved,
                 "mode_byte": int(pdf_string[0]) if len(pdf_string) else None,
+                "static_channels": _static_channels(codec, pdf_string),
                 **{f"{m}": res[m] for m in MODES},
                 "adaptive_nofallback": nofb,
+                "adaptive_refined": refined,
             }
         )
     return {"rows": rows, "runner_infer_bpp": runner_bpp, "checkpoint": ckpt_info, "settings": _train_settings(conf), "model": {"N": int(conf.hp.N), "M": int(conf.hp.M), "C": int(codec.channels),
@@ -391,15 +420,20 @@ def _point(lmbda: float, ev: Dict[str, Any]) -> Dict[str, Any]:
         "num_images": len(rows),
         "psnr": m("static", "psnr-rgb"),
         "psnr_max_abs_diff_between_modes": max(
-            abs(r[a]["psnr-rgb"] - r["static"]["psnr-rgb"]) for r in rows for a in ("adaptive", "ideal", "adaptive_nofallback")
+            abs(r[a]["psnr-rgb"] - r["static"]["psnr-rgb"]) for r in rows for a in ("adaptive", "ideal", "adaptive_nofallback", "adaptive_refined")
         ),
         "bpp_static": m("static", "bpp"),
         "bpp_adaptive": m("adaptive", "bpp"),
         "bpp_ideal": m("ideal", "bpp"),
         "bpp_adaptive_nofallback": m("adaptive_nofallback", "bpp"),
+        "bpp_adaptive_refined": m("adaptive_refined", "bpp"),
+        "bpp_pdf_refined": m("adaptive_refined", "bpp_pdf"),
+        "enc_time_adaptive_refined": m("adaptive_refined", "encoding_time"),
         "bpp_pdf": m("adaptive", "bpp_pdf"),
         "bpp_pdf_nofallback": m("adaptive_nofallback", "bpp_pdf"),
         "static_picks": sum(1 for r in rows if r["mode_byte"] == 0),
+        "mixed_picks": sum(1 for r in rows if r["mode_byte"] == 2),
+        "static_channels_mean": _mean([r["static_channels"] for r in rows if r.get("static_channels") is not None]),
         "runner_infer_bpp": ev.get("runner_infer_bpp"),
         "checkpoint": ev.get("checkpoint"),
         "enc_time_static": m("static", "encoding_time"),
@@ -414,6 +448,10 @@ def _point(lmbda: float, ev: Dict[str, Any]) -> Dict[str, Any]:
     p["ideal_vs_static_pct"] = 100 * (i / s - 1)
     p["nofallback_vs_static_pct"] = 100 * (nf / s - 1)
     p["gap_closed_pct"] = 100 * (s - a) / (s - i) if s != i else float("nan")
+    rf = p["bpp_adaptive_refined"]
+    p["refined_vs_static_pct"] = 100 * (rf / s - 1)
+    p["side_share_refined_pct"] = 100 * p["bpp_pdf_refined"] / rf
+    p["gap_closed_refined_pct"] = 100 * (s - rf) / (s - i) if s != i else float("nan")
     p["fallback_saving_bpp"] = nf - a
     p["fallback_saving_pct"] = 100 * (nf - a) / nf
     return p
@@ -493,7 +531,7 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
             "base_quickstart", missing,
             # The infer loader stays: ImageCompressionRunner refits the bottleneck before the last infer pass.
             ["++export.path=" + str(wdir) + "/base_${criterion.lmbda}.pth"] + base_over,
-            wdir / "base_root", wdir / "logs" / "base.log",
+            wdir / "base_root", wdir / "logs" / "base.log", args.jobs,
         )
         out["stages"]["base_training_s"] = dt
         out["stages"]["base_trained"] = missing
@@ -515,7 +553,7 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
              # Keep the runner's own infer pass (any pre-infer hook runs as in a normal run), minus its
              # extra baselines and figures: this script evaluates every mode itself.
              "runner.inference.baselines=[]", "runner.inference.figures=false"] + ad_over,
-            ad_root, wdir / "logs" / "adaptive.log",
+            ad_root, wdir / "logs" / "adaptive.log", args.jobs,
         )
         out["stages"]["adaptive_training_s"] = dt
         out["stages"]["adaptive_trained"] = missing
@@ -535,7 +573,7 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     points, per_image = [], {}
     for l in lambdas:
         log(f"evaluating lambda={_lam_str(l)} on {len(images)} infer images (static, adaptive, ideal, adaptive without fallback)")
-        ev = _evaluate_run(runs[l], images)
+        ev = _evaluate_run(runs[l], images, args.refine_steps)
         per_image[_lam_str(l)] = ev["rows"]
         out.setdefault("actual_settings", {})[_lam_str(l)] = {"adaptive": ev["settings"], "base": _base_run_settings(wdir / "base_root", base_path[l])}
         out["model"] = ev["model"]
@@ -544,7 +582,7 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     out["points"], out["per_image"] = points, per_image
 
     # ---- BD-rates and shares
-    bd = {f"{k}_{meth}": _bd(points, f"bpp_{k}", meth) for k in ("adaptive", "ideal", "adaptive_nofallback") for meth in ("cubic", "pchip")}
+    bd = {f"{k}_{meth}": _bd(points, f"bpp_{k}", meth) for k in ("adaptive", "ideal", "adaptive_nofallback", "adaptive_refined") for meth in ("cubic", "pchip")}
     out["bd_rate"] = bd
     num = lambda v: isinstance(v, float) and math.isfinite(v)  # noqa: E731
     gap = 100 * bd["adaptive_cubic"] / bd["ideal_cubic"] if num(bd["adaptive_cubic"]) and num(bd["ideal_cubic"]) and bd["ideal_cubic"] != 0 else None
@@ -560,20 +598,34 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     # Per point, PSNR is identical in every mode, so the rate change at equal quality is exact;
     # their geometric mean is the per-point analogue of a BD-rate (a mean log-rate difference).
     geo = lambda key: 100 * (math.exp(_mean([math.log(p[key] / p["bpp_static"]) for p in points])) - 1)  # noqa: E731
-    out["pointwise_rate_change"] = {k: geo(f"bpp_{k}") for k in ("adaptive", "ideal", "adaptive_nofallback")}
+    out["pointwise_rate_change"] = {k: geo(f"bpp_{k}") for k in ("adaptive", "ideal", "adaptive_nofallback", "adaptive_refined")}
     pw = out["pointwise_rate_change"]
     gap_pw = 100 * pw["adaptive"] / pw["ideal"] if pw["ideal"] != 0 else None
     out["gap_closed_pointwise_pct"] = gap_pw
+    out["refine_steps"] = int(args.refine_steps)
+    gap_bd_rf = (100 * bd["adaptive_refined_cubic"] / bd["ideal_cubic"]
+                 if num(bd["adaptive_refined_cubic"]) and num(bd["ideal_cubic"]) and bd["ideal_cubic"] != 0 else None)
+    gap_pw_rf = 100 * pw["adaptive_refined"] / pw["ideal"] if pw["ideal"] != 0 else None
+    out["gap_closed_refined_bd_pct"], out["gap_closed_refined_pointwise_pct"] = gap_bd_rf, gap_pw_rf
     use_bd = out["rd_curve_valid"] and gap is not None
     out["gap_closed_method"] = "BD-rate (cubic)" if use_bd else "per-point (geometric mean of rate changes at equal PSNR)"
     g = gap if use_bd else gap_pw
+    g_rf = gap_bd_rf if use_bd else gap_pw_rf
     max_side = max(p["side_share_pct"] for p in points)
+    max_side_rf = max(p["side_share_refined_pct"] for p in points)
     out["targets"] = {
         "gap_closed": {"target": f">= {TARGET_GAP_SHARE:g} % of the static→ideal gap closed ({'BD-rate' if use_bd else 'per-point'})", "value": g,
                        "met": None if g is None else g >= TARGET_GAP_SHARE},
         "side_share": {"target": f"< {TARGET_SIDE_SHARE:g} % of the total rate (max over RD points)", "value": max_side,
                        "met": max_side < TARGET_SIDE_SHARE},
     }
+    if args.refine_steps:
+        out["targets"]["gap_closed_refined"] = {
+            "target": f">= {TARGET_GAP_SHARE:g} % of the gap closed, with encoder-side refinement ({args.refine_steps} steps)",
+            "value": g_rf, "met": None if g_rf is None else g_rf >= TARGET_GAP_SHARE}
+        out["targets"]["side_share_refined"] = {
+            "target": f"< {TARGET_SIDE_SHARE:g} % of the total rate, with refinement", "value": max_side_rf,
+            "met": max_side_rf < TARGET_SIDE_SHARE}
     out["paper"] = _paper_reference()
     return out
 
@@ -803,14 +855,16 @@ def section_coding(args, prof, model, model_desc) -> Dict[str, Any]:
     codec = model.adaptive_codec
     x = _coding_image()
     reps, warm = prof["coding_reps"], prof["coding_warmup"]
-    arms = [("static", "static", True), ("adaptive", "adaptive", True), ("adaptive_nofallback", "adaptive", False)]
-    times = {a: {"encode": [], "decode": []} for a, _, _ in arms}
+    arms = [("static", "static", True, 0), ("adaptive", "adaptive", True, 0), ("adaptive_nofallback", "adaptive", False, 0)]
+    if args.refine_steps:
+        arms.append(("adaptive_refined", "adaptive", True, int(args.refine_steps)))
+    times = {a[0]: {"encode": [], "decode": []} for a in arms}
     sizes = {}
     log(f"coding speed: 768x512 image, batch 1, CPU, {warm} warm-up + {reps} reps per mode, alternating")
     for r in range(warm + reps):
         order = arms[r % len(arms):] + arms[: r % len(arms)]
-        for name, mode, fb in order:
-            with _coding_setup(model, mode, fb):
+        for name, mode, fb, rs in order:
+            with _coding_setup(model, mode, fb, rs):
                 t0 = time.perf_counter()
                 enc = model.compress(x)
                 t1 = time.perf_counter()
@@ -822,25 +876,30 @@ def section_coding(args, prof, model, model_desc) -> Dict[str, Any]:
             sizes[name] = {"y_bytes": sum(len(s) for s in enc["strings"][0]), "side_bytes": sum(len(s) for s in enc["strings"][-1]),
                            "mode_byte": enc["strings"][-1][0][0] if enc["strings"][-1][0] else None}
     res: Dict[str, Any] = {"model": model_desc, "image": "skimage coffee resized to 768x512", "reps": reps, "warmup": warm,
+                           "refine_steps": int(args.refine_steps),
                            "threads": torch.get_num_threads(), "modes": {}}
     for name in times:
         e, d = H.median(times[name]["encode"]), H.median(times[name]["decode"])
         tot = H.median([a + b for a, b in zip(times[name]["encode"], times[name]["decode"])])
         res["modes"][name] = {"encode_s": e, "decode_s": d, "total_s": tot, "raw": times[name], **sizes[name]}
     st = res["modes"]["static"]
-    for name in ("adaptive", "adaptive_nofallback"):
+    for name in [a[0] for a in arms[1:]]:
         m = res["modes"][name]
         m["ratio_encode"], m["ratio_decode"], m["ratio_total"] = m["encode_s"] / st["encode_s"], m["decode_s"] / st["decode_s"], m["total_s"] / st["total_s"]
     ratio = res["modes"]["adaptive"]["ratio_total"]
     res["target"] = {"target": f"adaptive enc+dec <= {TARGET_CODING_RATIO:g}x static", "value": ratio, "met": ratio <= TARGET_CODING_RATIO}
+    if "adaptive_refined" in res["modes"]:
+        rr = res["modes"]["adaptive_refined"]["ratio_total"]
+        res["target_refined"] = {"target": f"adaptive + refinement ({args.refine_steps} steps) enc+dec <= {TARGET_CODING_RATIO:g}x static",
+                                 "value": rr, "met": rr <= TARGET_CODING_RATIO}
     # Breakdown: the same compress/decompress calls, with timers around their steps (separate reps).
     try:
         laps: Dict[str, Dict[str, list]] = {}
         for r in range(max(2, reps)):
-            for name, mode, fb in (arms[1:2] + arms[:1]) if r % 2 else arms[:2]:
+            for name, mode, fb, rs in (arms[1:2] + arms[:1]) if r % 2 else arms[:2]:
                 ct = _call_timer(model, mode)
                 try:
-                    with _coding_setup(model, mode, fb):
+                    with _coding_setup(model, mode, fb, rs):
                         t0 = time.perf_counter()
                         enc = model.compress(x)
                         t1 = time.perf_counter()
@@ -956,10 +1015,17 @@ def _md_rate(r: Dict[str, Any]) -> List[str]:
     f = lambda v: f"{v:+.2f} %" if isinstance(v, float) else f"error ({v})"  # noqa: E731
     L.append("| rate vs static at equal PSNR | BD-rate, cubic (VCEG-M33) | BD-rate, pchip | per-point, geometric mean |")
     L.append("|---|---|---|---|")
-    for k, label in (("adaptive", "adaptive (with static fallback)"), ("ideal", "ideal (exact p, zero side cost)"), ("adaptive_nofallback", "adaptive, fallback off (paper's codec)")):
+    rs = r.get("refine_steps", 0)
+    rows = [("adaptive", "adaptive (with static fallback)"), ("ideal", "ideal (exact p, zero side cost)"), ("adaptive_nofallback", "adaptive, fallback off (paper's codec)")]
+    if rs:
+        rows.append(("adaptive_refined", f"adaptive + encoder refinement ({rs} steps, fallback on)"))
+    for k, label in rows:
         L.append(f"| {label} | {f(bd[k + '_cubic'])} | {f(bd[k + '_pchip'])} | {pw[k]:+.2f} % |")
     gbd = r.get("gap_closed_bd_pct")
     L.append(f"| share of the static→ideal gap closed by adaptive | {_fmt(gbd, '.1f')} % | | {_fmt(gp, '.1f')} % |")
+    if rs:
+        L.append(f"| share closed by adaptive + refinement | {_fmt(r.get('gap_closed_refined_bd_pct'), '.1f')} % | | "
+                 f"{_fmt(r.get('gap_closed_refined_pointwise_pct'), '.1f')} % |")
     L.append("")
     if not r.get("rd_curve_valid"):
         L.append("**The RD points do not form a curve** (PSNR and rate do not both increase with λ; with a short base training, λ barely "
@@ -973,6 +1039,18 @@ def _md_rate(r: Dict[str, Any]) -> List[str]:
     L.append(f"- Share of the static→ideal gap closed by the adaptive codec, by {r.get('gap_closed_method')}: **{_fmt(t['gap_closed']['value'], '.1f')} %**; "
              f"target >= {TARGET_GAP_SHARE:g} %: {_met(t['gap_closed']['met'])}. {ref}.")
     L.append(f"- Side stream share of the total rate, max over λ: **{t['side_share']['value']:.2f} %**; target {t['side_share']['target']}: {_met(t['side_share']['met'])}.")
+    if "gap_closed_refined" in t:
+        L.append(f"- Beyond the paper, with encoder-side refinement of the side latent ({rs} Adam steps per image, `hp.refine_steps`; decoder "
+                 f"unchanged): gap closed **{_fmt(t['gap_closed_refined']['value'], '.1f')} %** ({_met(t['gap_closed_refined']['met'])}), "
+                 f"side share max **{t['side_share_refined']['value']:.2f} %**.")
+        L.append("")
+        L.append("| λ | adaptive bpp | + refinement bpp | bpp_pdf refined | gap closed | gap closed, refined | encode s | encode s, refined |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        for p in r["points"]:
+            L.append(f"| {p['lambda']:g} | {p['bpp_adaptive']:.4f} | {p['bpp_adaptive_refined']:.4f} | {p['bpp_pdf_refined']:.5f} | "
+                     f"{_fmt(p['gap_closed_pct'], '.1f')} % | {_fmt(p['gap_closed_refined_pct'], '.1f')} % | "
+                     f"{p['enc_time_adaptive']:.3f} | {p['enc_time_adaptive_refined']:.3f} |")
+        L.append("")
     dmax = max(p["psnr_max_abs_diff_between_modes"] for p in r["points"])
     L.append(f"- PSNR is the same in every mode at each λ (max difference {dmax:.2g} dB): the whole gain is rate. "
              f"PSNR increases with λ: {'yes' if r['psnr_monotone_in_lambda'] else 'no'}; the points form an RD curve: {'yes' if r.get('rd_curve_valid') else 'no'}.")
@@ -983,15 +1061,18 @@ def _md_rate(r: Dict[str, Any]) -> List[str]:
             last = ck.get("epoch") == ck.get("num_epochs")
             tag = "same" if abs(a - b) < 1e-9 else ("differs" + ("" if last else f": evaluated {ck.get('checkpoint')} of epoch {ck.get('epoch')}/{ck.get('num_epochs')}"))
             desc.append(f"λ={l:g}: {a:.5f} vs {b:.5f} ({tag})")
-        L.append("- Cross-check against the training runs' own infer pass (last epoch's weights; this script, like `compressai-eval`, loads "
-                 "`runner.best.pth`, the lowest valid loss, when it exists): " + "; ".join(desc) + ".")
+        L.append("- Cross-check against the training runs' own infer pass (both use the last epoch's weights, `runner.last.pth`; "
+                 "the runs' infer pass codes with the codec of the run's own code version): " + "; ".join(desc) + ".")
     L.append("")
-    L.append("**Static fallback** (beyond the paper: the encoder keeps the cheaper of adaptive and static per image; mode byte 0 = static):")
+    L.append("**Static fallback** (beyond the paper: per image and per channel, the encoder keeps the cheaper of the adaptive and "
+             "static tables; mode byte 0 = all static, 1 = all adaptive, 2 = per-channel flags):")
     L.append("")
-    L.append("| λ | images coded static | bpp, fallback off | bpp, fallback on | saved by fallback | side share, fallback off |")
-    L.append("|---|---|---|---|---|---|")
+    C = r.get("model", {}).get("C")
+    L.append(f"| λ | images all static / per-channel | channels coded static (mean of {C}) | bpp, fallback off | bpp, fallback on | saved by fallback | side share, fallback off |")
+    L.append("|---|---|---|---|---|---|---|")
     for p in r["points"]:
-        L.append(f"| {p['lambda']:g} | {p['static_picks']}/{p['num_images']} | {p['bpp_adaptive_nofallback']:.4f} | {p['bpp_adaptive']:.4f} | "
+        L.append(f"| {p['lambda']:g} | {p['static_picks']}/{p['num_images']} / {p.get('mixed_picks', 0)}/{p['num_images']} | "
+                 f"{_fmt(p.get('static_channels_mean'), '.1f')} | {p['bpp_adaptive_nofallback']:.4f} | {p['bpp_adaptive']:.4f} | "
                  f"{p['fallback_saving_bpp']:.5f} bpp ({p['fallback_saving_pct']:.2f} %) | {p['side_share_nofallback_pct']:.2f} % |")
     L.append("")
     return L
@@ -1047,11 +1128,15 @@ def _md_coding(r: Dict[str, Any]) -> List[str]:
     L.append("|---|---|---|---|---|---|---|")
     for name, m in r["modes"].items():
         ratio = f"{m['ratio_total']:.2f}x (enc {m['ratio_encode']:.2f}x, dec {m['ratio_decode']:.2f}x)" if "ratio_total" in m else "1.00x"
-        label = {"static": "static", "adaptive": "adaptive (fallback on, default)", "adaptive_nofallback": "adaptive, fallback off"}[name]
+        label = {"static": "static", "adaptive": "adaptive (fallback on, default)", "adaptive_nofallback": "adaptive, fallback off",
+                 "adaptive_refined": f"adaptive + refinement ({r.get('refine_steps', '?')} steps, fallback on)"}[name]
         L.append(f"| {label} | {m['encode_s']:.4f} | {m['decode_s']:.4f} | {m['total_s']:.4f} | {ratio} | {m['y_bytes']} | {m['side_bytes']} |")
     L.append("")
     t = r["target"]
     L.append(f"- Adaptive enc+dec / static enc+dec: **{t['value']:.2f}x**; target {t['target']}: {_met(t['met'])}.")
+    if "target_refined" in r:
+        t = r["target_refined"]
+        L.append(f"- With encoder-side refinement: **{t['value']:.2f}x**; target {t['target']}: {_met(t['met'])}.")
     L.append("")
     if "breakdown_median_s" in r:
         b = r["breakdown_median_s"]
@@ -1131,7 +1216,7 @@ def render_md(res: Dict[str, Any]) -> str:
     ]
     for name, t in res["targets"].items():
         v = t.get("value")
-        unit = {"gap_closed": " %", "side_share": " %", "train_speedup": "x", "coding_ratio": "x"}.get(name, "")
+        unit = "x" if name.startswith(("train_speedup", "coding_ratio")) else " %" if name.startswith(("gap_closed", "side_share")) else ""
         L.append(f"| {name}: {t['target']} | {_fmt(v, '.2f')}{unit if v is not None else ''} | {_met(t.get('met'))} |")
     L.append("")
     for sec, fn in (("rate", _md_rate), ("throughput", _md_throughput), ("coding", _md_coding), ("cost", _md_cost)):
@@ -1191,6 +1276,9 @@ def parse_args(argv=None):
     p.add_argument("--reuse-quickstart-base", action="store_true",
                    help="use the quickstart's own base model (λ=0.0067) instead of training it, if present")
     p.add_argument("--quickstart-base", default=str(qs_default / "base" / "bmshj2018-factorized-quickstart.pth"))
+    p.add_argument("--jobs", type=int, default=1, help="λ trained in parallel processes (Hydra joblib launcher); use with --threads")
+    p.add_argument("--refine-steps", type=int, default=30,
+                   help="encoder-side refinement steps of the 'adaptive + refinement' columns (beyond the paper; 0 skips them)")
     p.add_argument("--device", default="auto", help="device of the throughput section: auto, cpu, cuda")
     p.add_argument("--threads", type=int, help="torch threads here and OMP_NUM_THREADS of the training runs (default: leave as is)")
     p.add_argument("--profile", action="store_true", help="always profile the adaptive training step (default: only when below target)")
@@ -1255,6 +1343,8 @@ def main(argv=None) -> int:
         cd = run("coding", section_coding, args, prof, model, desc)
         if cd and "target" in cd:
             res["targets"]["coding_ratio"] = cd["target"]
+        if cd and "target_refined" in cd:
+            res["targets"]["coding_ratio_refined"] = cd["target_refined"]
     run("cost", section_cost, args)
 
     res["wall_s"] = time.perf_counter() - t_start

@@ -24,12 +24,27 @@ from .base import BaseRunner
 __all__ = ["AdaptiveDistributionRunner"]
 
 
+def _latent_crop(value) -> tuple[int, int]:
+    """``runner.latent_crop``: ``[min, max]`` side of the random latent crops (latent positions)."""
+    from encdist.errors import ConfigError
+
+    try:
+        lo, hi = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"runner.latent_crop must be [min, max] latent positions, got {value!r}") from None
+    if not 1 <= lo <= hi:
+        raise ConfigError(f"runner.latent_crop must be [min, max] with 1 <= min <= max, got {[lo, hi]}")
+    return lo, hi
+
+
 @register_runner("AdaptiveDistributionRunner")
 class AdaptiveDistributionRunner(BaseRunner):
     def __init__(self, conf, run_hash, **kwargs):
         super().__init__(conf, run_hash, **kwargs)
         self.skip_frozen_synthesis = bool(conf.runner.get("skip_frozen_synthesis", True))
         self.latent_cache = bool(conf.runner.get("latent_cache", False))
+        crop = conf.runner.get("latent_crop")
+        self.latent_crop = _latent_crop(crop) if crop is not None else None
         self._cache: list[tuple[torch.Tensor, tuple]] = []
         self._cache_complete = False
 
@@ -59,6 +74,8 @@ class AdaptiveDistributionRunner(BaseRunner):
         with torch.set_grad_enabled(True):
             for i in torch.randperm(len(self._cache)).tolist():
                 y, shape = self._cache[i]
+                if self.latent_crop is not None:
+                    y, shape = self._random_latent_crop(y, shape)
                 self.batch = [y]
                 self._run_event("on_batch_start")
                 # Only the pixel count of the target is read when x_hat is not computed.
@@ -66,6 +83,22 @@ class AdaptiveDistributionRunner(BaseRunner):
                 out = self.criterion(self.model(target, with_x_hat=False, y=y), target)
                 self._optimize(out)
                 self._run_event("on_batch_end")
+
+    def _random_latent_crop(self, y: torch.Tensor, shape: tuple):
+        """A random crop of a cached latent batch: size drawn in ``latent_crop``, one position per batch.
+
+        With a frozen ``g_a``, cropping ``y`` is cropping the image (up to the
+        transform's border effects), so every later epoch sees new histograms
+        of varied sizes instead of the first epoch's crops again.
+        """
+        lo, hi = self.latent_crop
+        h, w = y.shape[-2:]
+        sh = int(torch.randint(min(lo, h), min(hi, h) + 1, ()))
+        sw = int(torch.randint(min(lo, w), min(hi, w) + 1, ()))
+        i = int(torch.randint(h - sh + 1, ()))
+        j = int(torch.randint(w - sw + 1, ()))
+        f = shape[-1] // w  # pixels per latent position
+        return y[..., i : i + sh, j : j + sw], (*shape[:-2], sh * f, sw * f)
 
     @torch.no_grad()
     def _log_infer_figures(self, x) -> None:

@@ -106,7 +106,15 @@ class BaseRunner(dl.Runner):
                 opt.load_state_dict(state["optimizer"][key])
         for key, sch in (self.scheduler or {}).items():
             if key in state.get("scheduler", {}):
+                t_max = getattr(sch, "T_max", None)
                 sch.load_state_dict(state["scheduler"][key])
+                if isinstance(sch, torch.optim.lr_scheduler.CosineAnnealingLR) and sch.T_max != t_max:
+                    # Resumed with another engine.num_epochs: stretch the cosine to the new length
+                    # from where the run is (the recursive update would stay at the old schedule's end).
+                    sch.T_max = t_max
+                    for group, lr in zip(sch.optimizer.param_groups, sch._get_closed_form_lr()):
+                        group["lr"] = lr
+                    sch._last_lr = [g["lr"] for g in sch.optimizer.param_groups]
         self.epoch_step = int(state["epoch"])
         self.best_valid = float(state.get("best_valid", math.inf))
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))

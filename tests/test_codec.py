@@ -22,7 +22,7 @@ from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperpr
 import encdist  # noqa: F401  (registers the models)
 from compressai.registry import CRITERIONS, MODELS
 from encdist.errors import BitstreamError, CheckpointError, ConfigError
-from encdist.latent_codecs import MODE_ADAPTIVE, MODE_STATIC, AdaptiveEntropyBottleneckLatentCodec
+from encdist.latent_codecs import MODE_ADAPTIVE, MODE_MIXED, MODE_STATIC, AdaptiveEntropyBottleneckLatentCodec
 from encdist.losses import AdaptiveRateDistortionLoss
 
 MODEL_NAMES = ["bmshj2018-factorized-pdf", "bmshj2018-hyperprior-pdf", "mbt2018-mean-pdf"]
@@ -147,7 +147,7 @@ def test_round_trip(name, mode):
             assert pdf_strings == [b""] * n
         else:
             for s in pdf_strings:
-                assert len(s) >= HEADER and s[0] in (MODE_STATIC, MODE_ADAPTIVE)
+                assert len(s) >= HEADER and s[0] in (MODE_STATIC, MODE_ADAPTIVE, MODE_MIXED)
                 if mode in ("adaptive", "ideal"):
                     assert s[0] == MODE_ADAPTIVE and len(s) > HEADER
 
@@ -385,7 +385,7 @@ def test_fallback_never_larger_than_static(name):
         if pdf_s[0] == MODE_STATIC:
             assert y_s == s_s and len(pdf_s) == HEADER
         else:
-            assert pdf_s[0] == MODE_ADAPTIVE and len(pdf_s) > HEADER
+            assert pdf_s[0] in (MODE_ADAPTIVE, MODE_MIXED) and len(pdf_s) > HEADER
     assert nbytes(enc["strings"]) <= nbytes(ref["strings"]) + HEADER * len(x)
 
 
@@ -434,8 +434,95 @@ def test_fallback_picks_adaptive_when_it_pays(fitted):
             static = AdaptiveEntropyBottleneckLatentCodec(codec.entropy_bottleneck, enable_adaptive=False).compress(y)
     finally:
         codec.fallback_static = False
-    assert all(s[0] == MODE_ADAPTIVE for s in enc["strings"][1])
+    assert all(s[0] in (MODE_ADAPTIVE, MODE_MIXED) for s in enc["strings"][1])
     assert nbytes(enc["strings"]) < nbytes(static["strings"])
+    assert nbytes(enc["strings"]) <= nbytes(codec.compress(y)["strings"])  # never above the adaptive-only codec
+
+
+def test_per_channel_fallback_codes_each_channel_with_its_cheaper_table(fitted, record_property):
+    """Half the channels follow the static density, half are far from it and from what the pdf
+    model learnt: the encoder mixes tables per channel (MODE_MIXED) and beats both pure modes."""
+    model, y = fitted
+    codec = model.adaptive_codec
+    eb = codec.entropy_bottleneck
+    C = codec.channels
+    with torch.no_grad():
+        static_like = eb.quantize(y, "dequantize", eb._get_medians().view(1, -1, 1, 1))
+        # channels 0, 2, 4, ...: replaced by a very narrow (almost constant) distribution, which
+        # the static density codes poorly; the others keep their Laplacian.
+        odd = torch.arange(C) % 2 == 1
+        narrow = eb._get_medians().view(1, -1, 1, 1) + (torch.rand_like(y) < 0.02).float()
+        y2 = torch.where(odd.view(1, -1, 1, 1), static_like, narrow)
+    pure = {}
+    try:
+        for fb in (False, True):
+            codec.fallback_static = fb
+            with torch.no_grad():
+                pure[fb] = codec.compress(y2)
+        static = AdaptiveEntropyBottleneckLatentCodec(eb, enable_adaptive=False).compress(y2)
+    finally:
+        codec.fallback_static = False
+    enc = pure[True]
+    modes = [s[0] for s in enc["strings"][1]]
+    record_property("modes_and_bytes", (modes, nbytes(enc["strings"]), nbytes(pure[False]["strings"]), nbytes(static["strings"])))
+    assert MODE_MIXED in modes
+    assert nbytes(enc["strings"]) <= min(nbytes(pure[False]["strings"]), nbytes(static["strings"]) + HEADER * len(y))
+    dec = codec.decompress(enc["strings"], enc["shape"])
+    assert torch.equal(dec["y_hat"], enc["y_hat"])
+    # a flipped channel flag is detected, not decoded into a wrong latent
+    i = modes.index(MODE_MIXED)
+    bad = [list(enc["strings"][0]), list(enc["strings"][1])]
+    s = bytearray(bad[1][i])
+    s[HEADER] ^= 0x80
+    bad[1][i] = bytes(s)
+    with pytest.raises(BitstreamError):
+        codec.decompress(bad, enc["shape"])
+
+
+def test_refinement_never_costs_more_round_trips_and_is_deterministic(fitted, record_property):
+    """Encoder-side refinement of the side latent: lower estimated cost, same decoder, same bytes twice."""
+    model, y = fitted
+    codec = model.adaptive_codec
+    pm = codec.pdf_model
+    num_samples = y.shape[-2] * y.shape[-1]
+    with torch.no_grad():
+        p = codec.target_distribution(y)
+        med = pm.entropy_bottleneck.quantiles[:, 0, 1].detach().view(1, -1, 1)
+        v0 = pm.g_a(p)
+        v0 = torch.round(v0 - med) + med
+    grads = [None if q.grad is None else q.grad.clone() for q in pm.parameters()]
+    v = pm.refine(p, pm.g_a(p), num_samples, steps=25)
+    counts = p * num_samples
+    cost = lambda v: [float(t) for t in (lambda by, bv: by.sum(-1) + bv)(*pm.coding_cost(v, counts))]  # noqa: E731
+    before, after = cost(v0), cost(v)
+    record_property("refinement_estimated_bits", (before, after))
+    assert all(a <= b for a, b in zip(after, before))
+    assert sum(after) < sum(before)  # the fitted pdf model is not optimal per image: refinement finds better
+    assert torch.allclose(torch.round(v - med) + med, v, atol=1e-5)  # a quantized latent
+    # no trace left on the model: parameters still trainable, their gradients untouched
+    assert all(q.requires_grad for q in pm.parameters())
+    assert all((g is None and q.grad is None) or torch.equal(g, q.grad) for g, q in zip(grads, pm.parameters()))
+
+    plain = codec.compress(y)
+    codec.refine_steps = 25
+    try:
+        a = codec.compress(y)
+        b = codec.compress(y.clone())
+    finally:
+        codec.refine_steps = 0
+    assert a["strings"] == b["strings"]
+    # the decoder does not know about refinement
+    assert torch.equal(codec.decompress(a["strings"], a["shape"])["y_hat"], a["y_hat"])
+    assert torch.equal(a["y_hat"], plain["y_hat"])
+    record_property("refinement_bytes", (nbytes(plain["strings"]), nbytes(a["strings"])))
+    assert nbytes(a["strings"]) <= nbytes(plain["strings"]) * 1.002
+
+
+def test_refinement_config_is_checked():
+    eb = EntropyBottleneck(4)
+    for bad in (dict(refine_steps=-1), dict(refine_lr=0.0)):
+        with pytest.raises(ValueError, match="refine"):
+            AdaptiveEntropyBottleneckLatentCodec(eb, **bad)
 
 
 # ====================================================================== bad input

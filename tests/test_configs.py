@@ -157,7 +157,8 @@ def test_top_level_config_resolves_validates_and_builds(compose, name, tmp_path)
     assert optimizers["net"].param_groups[0]["lr"] == pytest.approx(float(conf.optimizer.net.lr))
     schedulers = create_scheduler(conf, optimizers)
     assert set(schedulers) == {"net"}
-    assert isinstance(schedulers["net"], torch.optim.lr_scheduler.ReduceLROnPlateau)
+    expected = getattr(torch.optim.lr_scheduler, conf.scheduler.net.type)
+    assert isinstance(schedulers["net"], expected)
 
     engine = create_engine(conf)
     assert isinstance(engine, dl.GPUEngine if torch.cuda.is_available() else dl.CPUEngine)
@@ -332,6 +333,38 @@ def test_runner_options(compose, runner):
     assert set(instance.baselines) <= {"static", "ideal"}
 
 
+def test_latent_crop_gives_sub_blocks_of_the_cached_latents(compose):
+    from encdist.registry import lookup
+
+    conf = compose("quickstart", "runner.latent_crop=[2,3]")
+    runner = lookup("runner", "AdaptiveDistributionRunner")(conf, RUN_HASH)
+    assert runner.latent_crop == (2, 3)
+    y = torch.arange(4 * 8 * 5 * 6, dtype=torch.float32).view(4, 8, 5, 6)
+    sizes = set()
+    torch.manual_seed(0)
+    for _ in range(50):
+        c, shape = runner._random_latent_crop(y, (4, 3, 80, 96))
+        h, w = c.shape[-2:]
+        sizes.add((h, w))
+        assert 2 <= h <= 3 and 2 <= w <= 3 and c.shape[:2] == (4, 8)
+        assert shape == (4, 3, 16 * h, 16 * w)  # pixel shape of the crop (side-rate weight, bpp)
+        i, j = divmod(int(c[0, 0, 0, 0]), 6)  # a contiguous block of y, same place in every image
+        assert torch.equal(c, y[..., i : i + h, j : j + w])
+    assert sizes == {(2, 2), (2, 3), (3, 2), (3, 3)}
+    # latents smaller than the crop range are used whole
+    c, shape = runner._random_latent_crop(y[..., :1, :2], (4, 3, 16, 32))
+    assert c.shape[-2:] == (1, 2) and shape == (4, 3, 16, 32)
+
+
+@pytest.mark.parametrize("value", ["[3,2]", "[0,4]", "4", "[a,b]"])
+def test_bad_latent_crop_is_config_error(compose, value):
+    from encdist.errors import ConfigError
+    from encdist.registry import lookup
+
+    with pytest.raises(ConfigError, match="runner.latent_crop"):
+        lookup("runner", "AdaptiveDistributionRunner")(compose("quickstart", f"runner.latent_crop={value}"), RUN_HASH)
+
+
 @pytest.mark.parametrize("engine", ["default", "cpu", "ddp"])
 def test_engine_options(compose, engine):
     from catalyst import dl
@@ -361,7 +394,7 @@ def test_optimizer_and_scheduler_on_a_small_model(compose):
     from encdist.config.factory import create_optimizer, create_scheduler, trainable_parameter_groups
     from encdist.errors import ConfigError
 
-    conf = compose("quickstart", "optimizer.net.lr=0.002", "optimizer.aux.lr=0.02", "scheduler.net.patience=3")
+    conf = compose("quickstart", "optimizer.net.lr=0.002", "optimizer.aux.lr=0.02", "scheduler=ReduceLROnPlateau", "scheduler.net.patience=3")
     model = _small_model(conf)
     groups = trainable_parameter_groups(model)
     opts = create_optimizer(conf, model)
@@ -371,6 +404,8 @@ def test_optimizer_and_scheduler_on_a_small_model(compose):
     assert sum(len(g["params"]) for g in opts["net"].param_groups) == len(groups["net"])
     sch = create_scheduler(conf, opts)["net"]
     assert sch.patience == 3 and sch.factor == pytest.approx(0.1) and sch.mode == "min"
+    cos = create_scheduler(compose("quickstart", "engine.num_epochs=7"), opts)["net"]
+    assert isinstance(cos, torch.optim.lr_scheduler.CosineAnnealingLR) and cos.T_max == 7
 
     with pytest.raises(ConfigError, match="optimizer.net.type"):
         create_optimizer(compose("quickstart", "optimizer.net.type=Nope"), model)

@@ -8,7 +8,8 @@ A spec list looks like (YAML)::
       - ToTensor            # a bare name means "no arguments"
 
 Each spec is a one-key mapping ``{Name: kwargs}`` (``kwargs`` may be ``{}`` or null)
-or a string ``Name``. ``Name`` is looked up in ``torchvision.transforms`` and then in
+or a string ``Name``. ``Name`` is looked up in ``torchvision.transforms``, then in
+``torchvision.transforms.v2`` (e.g. ``RandomChannelPermutation``) and in
 ``compressai.transforms`` (e.g. ``RGB2YCbCr``). OmegaConf containers are accepted and
 converted to plain Python objects (lists for sizes).
 
@@ -46,6 +47,12 @@ def _plain(obj: Any) -> Any:
 def _candidates() -> list:
     mods = [T]
     try:
+        from torchvision.transforms import v2
+
+        mods.append(v2)
+    except ImportError:  # pragma: no cover - torchvision < 0.15
+        pass
+    try:
         import compressai.transforms as ct
 
         mods.append(ct)
@@ -55,7 +62,7 @@ def _candidates() -> list:
 
 
 def resolve_transform(name: str) -> Callable:
-    """The transform class called ``name`` (torchvision first, then compressai)."""
+    """The transform class called ``name`` (torchvision, torchvision v2, then compressai)."""
     if isinstance(name, str) and not name.startswith("_"):
         for mod in _candidates():
             obj = getattr(mod, name, None)
@@ -66,7 +73,7 @@ def resolve_transform(name: str) -> Callable:
     known = sorted({n for m in _candidates() for n in dir(m) if isinstance(getattr(m, n), type) and not n.startswith("_")})
     close = difflib.get_close_matches(str(name), known, n=3)
     hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ConfigError(f"unknown transform {name!r} (not in torchvision.transforms or compressai.transforms){hint}")
+    raise ConfigError(f"unknown transform {name!r} (not in torchvision.transforms, torchvision.transforms.v2 or compressai.transforms){hint}")
 
 
 def _one(spec: Any, i: int) -> Callable:

@@ -28,14 +28,21 @@ Modes:
   information scheme can reach. Its side strings carry ``p`` losslessly
   (zlib-packed counts) only so that decoding works; the bound's rate is the
   ``y`` rate alone.
-* ``fallback_static=True`` (beyond the paper): per image, the encoder keeps
-  whichever of the adaptive and the static distributions costs fewer bits
-  (side stream included), signalled in the side stream's first byte; the
-  adaptive codec is then never worse than the static bottleneck.
+* ``fallback_static=True`` (beyond the paper): per image *and per channel*,
+  the encoder keeps whichever of the adaptive and the static distributions
+  costs fewer bits (side stream and channel flags included), signalled in the
+  side stream's first byte (``MODE_STATIC`` / ``MODE_ADAPTIVE`` /
+  ``MODE_MIXED``, the last one followed by one flag bit per channel); the
+  adaptive codec is then never worse than the static bottleneck, and a
+  channel whose distribution the pdf model gets wrong costs no more than its
+  static rate.
 
 Side-stream layout (adaptive and ideal modes), per image::
 
-    [mode: 1 byte][crc32(config, mode, y length, pdf payload, y symbols): 4 bytes][pdf payload]
+    [mode: 1 byte][crc32(config, mode, y length, payload, y symbols): 4 bytes][payload]
+    payload = pdf strings                                  (MODE_ADAPTIVE)
+            = channel flags, ceil(C/8) bytes + pdf strings  (MODE_MIXED; bit set: adaptive)
+            = nothing                                       (MODE_STATIC)
 
 The checksum covers the *decoded symbols*, so the decoder detects truncated
 or corrupted streams, streams of a model of another configuration, and also
@@ -47,10 +54,12 @@ It costs 40 bits per image (1e-4 bpp on a 768×512 image).
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from typing import Any, Dict, List, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from compressai.entropy_models import EntropyBottleneck
@@ -63,10 +72,11 @@ from encdist.histogram import bound_ste, hard_histogram, histogram, interp_log_p
 from encdist.pdf_model import PdfModel
 from encdist.registry import register_module
 
-__all__ = ["AdaptiveEntropyBottleneckLatentCodec", "MODE_STATIC", "MODE_ADAPTIVE"]
+__all__ = ["AdaptiveEntropyBottleneckLatentCodec", "MODE_STATIC", "MODE_ADAPTIVE", "MODE_MIXED"]
 
 MODE_STATIC = 0
 MODE_ADAPTIVE = 1
+MODE_MIXED = 2  # per channel: adaptive where its flag bit is set, static elsewhere
 _HEADER = struct.Struct(">BI")  # mode, crc32
 _MISMATCH = (
     "bitstream checksum mismatch: the streams are corrupt or truncated, were made by "
@@ -88,8 +98,12 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             around the histogram's center for the histogram.
         enable_adaptive: ``False`` gives the plain static bottleneck.
         ideal: send ``p`` itself as ``p̂`` (zero-cost bound).
-        fallback_static: per image, keep the cheaper of adaptive and static.
+        fallback_static: per image and channel, keep the cheaper of adaptive and static.
         pdf_model: the distribution codec, or keyword arguments for :class:`PdfModel`.
+        refine_steps: encoder-side refinement of the side latent per image
+            (:meth:`PdfModel.refine`, beyond the paper); 0 codes ``g_a(p)`` as is.
+            The decoder and the bitstream format do not depend on it.
+        refine_lr: Adam step size of the refinement.
     """
 
     def __init__(
@@ -102,6 +116,8 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         ideal: bool = False,
         fallback_static: bool = True,
         pdf_model: PdfModel | Dict[str, Any] | None = None,
+        refine_steps: int = 0,
+        refine_lr: float = 0.05,
     ):
         super().__init__()
         if entropy_bottleneck is None:
@@ -115,6 +131,10 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         self.enable_adaptive = bool(enable_adaptive)
         self.ideal = bool(ideal)
         self.fallback_static = bool(fallback_static)
+        if int(refine_steps) < 0 or not float(refine_lr) > 0:
+            raise ValueError(f"refine_steps must be >= 0 and refine_lr > 0, got {refine_steps!r}, {refine_lr!r}")
+        self.refine_steps = int(refine_steps)
+        self.refine_lr = float(refine_lr)
         if not isinstance(pdf_model, nn.Module):
             pdf_model = PdfModel(C, self.num_bins, **(pdf_model or {}))
         self.pdf_model = pdf_model
@@ -221,12 +241,13 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
     def _indexes(self, shape) -> Tensor:
         return torch.arange(self.channels).view(-1, 1, 1).expand(-1, *shape)
 
-    def _pack_side(self, p: Tensor, num_samples: int) -> bytes:
+    def _pack_side(self, p: Tensor, num_samples: int, static_bits: Tensor | None = None) -> bytes:
         """Side payload of one image: its compressed distribution (or raw counts in ideal mode)."""
         if self.ideal:
             counts = (p * num_samples).round().to(torch.int32).cpu().numpy()
             return zlib.compress(counts.tobytes(), 9)
-        return self.pdf_model.compress(p.unsqueeze(0))["strings"][0]
+        out = self.pdf_model.compress(p.unsqueeze(0), num_samples, self.refine_steps, self.refine_lr, static_bits)
+        return out["strings"][0]
 
     def _unpack_side(self, payload: bytes) -> Tensor:
         """``p̂`` of one image, ``(1, C, B)``, from its side payload."""
@@ -255,13 +276,14 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             p = hard_histogram(self.bin_coordinates(y).detach(), self.num_bins)
             y_strings, pdf_strings = [], []
             for i in range(len(y)):
-                payload = self._pack_side(p[i], shape[0] * shape[1])
+                static_bits = None
+                if self.fallback_static and not self.ideal and self.refine_steps:
+                    static_bits = self._channel_bits(symbols[i], s_cdf, s_len, s_off).float().unsqueeze(0)
+                payload = self._pack_side(p[i], shape[0] * shape[1], static_bits)
                 # The decoder's p̂ comes from the decoded payload: derive it the same way here.
                 p_hat = self._unpack_side(payload)
                 a_cdf, a_len, a_off = self.adaptive_tables(p_hat)
-                mode, y_string = self._encode_cheaper(symbols[i], indexes, a_cdf[0], a_len, a_off, s_cdf, s_len, s_off, payload)
-                if mode == MODE_STATIC:
-                    payload = b""
+                mode, y_string, payload = self._encode_cheapest(symbols[i], indexes, (a_cdf[0], a_len, a_off), (s_cdf, s_len, s_off), payload)
                 y_strings.append(y_string)
                 pdf_strings.append(self._header(mode, payload, symbols[i], len(y_string)) + payload)
         y_hat = (symbols.to(y.dtype) + self._medians().cpu().view(1, -1, 1, 1)).to(y.device)
@@ -270,36 +292,73 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
     #: Relative margin within which the cost estimates are not trusted and both streams are coded.
     FALLBACK_MARGIN = 0.03
 
-    def _encode_cheaper(self, symbols, indexes, a_cdf, a_len, a_off, s_cdf, s_len, s_off, payload: bytes):
-        """``(mode, y_string)``: the adaptive stream, or the static one when that is no larger.
+    def _mask_bytes(self) -> int:
+        return math.ceil(self.channels / 8)
 
-        Costs are first estimated from symbol counts (escapes and coder overhead
-        left out); only when the two estimates are within ``FALLBACK_MARGIN``
-        of each other are both streams coded and their actual sizes compared.
+    def _encode_cheapest(self, symbols, indexes, adaptive, static, pdf_payload: bytes):
+        """``(mode, y_string, side payload)`` of the cheapest of adaptive, static and per-channel mixed coding.
+
+        Costs are first estimated per channel from symbol counts (escapes and
+        coder overhead left out); the mixed mode takes, per channel, the cheaper
+        table and pays one flag bit per channel. When the two best estimates
+        are within ``FALLBACK_MARGIN`` of each other both are coded and their
+        actual sizes compared.
         """
         if not self.fallback_static or self.ideal:
             # The ideal bound sends p at zero cost: it never falls back.
-            return MODE_ADAPTIVE, encode_with_indexes(symbols, indexes, a_cdf, a_len, a_off)
-        adaptive = self._estimate_bits(symbols, a_cdf, a_len, a_off) + 8 * len(payload)
-        static = self._estimate_bits(symbols, s_cdf, s_len, s_off)
-        if adaptive < static * (1 - self.FALLBACK_MARGIN):
-            return MODE_ADAPTIVE, encode_with_indexes(symbols, indexes, a_cdf, a_len, a_off)
-        s_string = encode_with_indexes(symbols, indexes, s_cdf, s_len, s_off)
-        if static < adaptive * (1 - self.FALLBACK_MARGIN):
-            return MODE_STATIC, s_string
-        a_string = encode_with_indexes(symbols, indexes, a_cdf, a_len, a_off)
-        if len(s_string) <= len(a_string) + len(payload):
-            return MODE_STATIC, s_string
-        return MODE_ADAPTIVE, a_string
+            return MODE_ADAPTIVE, encode_with_indexes(symbols, indexes, *adaptive), pdf_payload
+        a_bits = self._channel_bits(symbols, *adaptive)
+        s_bits = self._channel_bits(symbols, *static)
+        use = a_bits < s_bits  # channels coded with the adaptive distribution
+        side = 8 * len(pdf_payload)
+        cost = {MODE_ADAPTIVE: float(a_bits.sum()) + side, MODE_STATIC: float(s_bits.sum())}
+        if 0 < int(use.sum()) < self.channels:
+            cost[MODE_MIXED] = float(torch.where(use, a_bits, s_bits).sum()) + side + 8 * self._mask_bytes()
 
-    def _estimate_bits(self, symbols: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor) -> float:
-        """Bits of ``symbols`` (``(C, h, w)``) under integer tables; out-of-support symbols count as escapes."""
+        def code(mode):
+            if mode == MODE_STATIC:
+                return encode_with_indexes(symbols, indexes, *static), b""
+            if mode == MODE_ADAPTIVE:
+                return encode_with_indexes(symbols, indexes, *adaptive), pdf_payload
+            return encode_with_indexes(symbols, indexes, *self._mixed_tables(use, adaptive, static)), self._pack_mask(use) + pdf_payload
+
+        best, second = sorted(cost, key=cost.get)[:2]
+        y_string, payload = code(best)
+        if cost[best] < cost[second] * (1 - self.FALLBACK_MARGIN):
+            return best, y_string, payload
+        y2, payload2 = code(second)
+        if len(y2) + len(payload2) < len(y_string) + len(payload):
+            return second, y2, payload2
+        return best, y_string, payload
+
+    def _channel_bits(self, symbols: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor) -> Tensor:
+        """Bits of each channel of ``symbols`` (``(C, h, w)``) under integer tables; out-of-support symbols count as escapes."""
         K = cdf.shape[-1] - 1
         escape = (lengths.long() - 2).view(-1, 1)  # index of each table's tail (escape) symbol
         rel = symbols.reshape(self.channels, -1) - offsets.long().view(-1, 1)
         rel = torch.where((rel < 0) | (rel > escape), escape, rel)
         counts = torch.zeros(self.channels, K, dtype=torch.long).scatter_add_(1, rel, torch.ones_like(rel))
-        return float(table_bits(counts, cdf).sum())
+        return table_bits(counts, cdf)
+
+    @staticmethod
+    def _mixed_tables(use: Tensor, adaptive, static):
+        """Per channel, the adaptive table where ``use`` is set, the static one elsewhere."""
+        (a_cdf, a_len, a_off), (s_cdf, s_len, s_off) = adaptive, static
+        W = max(a_cdf.shape[-1], s_cdf.shape[-1])
+        a_cdf = torch.nn.functional.pad(a_cdf.to(torch.int32), (0, W - a_cdf.shape[-1]))
+        s_cdf = torch.nn.functional.pad(s_cdf.to(torch.int32), (0, W - s_cdf.shape[-1]))
+        return (torch.where(use.view(-1, 1), a_cdf, s_cdf), torch.where(use, a_len.int(), s_len.int()),
+                torch.where(use, a_off.int(), s_off.int()))
+
+    def _pack_mask(self, use: Tensor) -> bytes:
+        return np.packbits(use.numpy().astype(np.uint8)).tobytes()
+
+    def _unpack_mask(self, payload: bytes) -> Tensor:
+        n = self._mask_bytes()
+        if len(payload) < n:
+            raise BitstreamError(f"pdf stream: {len(payload)} bytes is shorter than the {n}-byte channel flags")
+        bits = np.unpackbits(np.frombuffer(payload[:n], dtype=np.uint8))[: self.channels]
+        return torch.from_numpy(bits.astype(bool))
 
     def _header(self, mode: int, payload: bytes, symbols: Tensor, y_length: int) -> bytes:
         crc = zlib.crc32(payload, zlib.crc32(struct.pack(">BI", mode, y_length), self._fingerprint()))
@@ -328,17 +387,20 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
                     raise BitstreamError(f"pdf stream: {len(pdf_string)} bytes is shorter than its header")
                 mode, crc = _HEADER.unpack_from(pdf_string)
                 payload = bytes(pdf_string[_HEADER.size:])
-                if mode not in (MODE_STATIC, MODE_ADAPTIVE):
+                if mode not in (MODE_STATIC, MODE_ADAPTIVE, MODE_MIXED) or (mode == MODE_MIXED and self.ideal):
                     raise BitstreamError(f"pdf stream: unknown coding mode {mode} (corrupt stream?)")
-                if mode == MODE_ADAPTIVE:
+                if mode == MODE_STATIC:
+                    cdf, lengths, offsets = s_cdf, s_len, s_off
+                else:
                     try:
-                        p_hat = self._unpack_side(payload)
+                        use = self._unpack_mask(payload) if mode == MODE_MIXED else None
+                        p_hat = self._unpack_side(payload[self._mask_bytes():] if mode == MODE_MIXED else payload)
                     except BitstreamError as e:
                         raise BitstreamError(f"{_MISMATCH} ({e})") from None
-                    cdf, lengths, offsets = self.adaptive_tables(p_hat)
-                    cdf = cdf[0]
-                else:
-                    cdf, lengths, offsets = s_cdf, s_len, s_off
+                    a_cdf, a_len, a_off = self.adaptive_tables(p_hat)
+                    cdf, lengths, offsets = a_cdf[0], a_len, a_off
+                    if use is not None:
+                        cdf, lengths, offsets = self._mixed_tables(use, (cdf, lengths, offsets), (s_cdf, s_len, s_off))
             sym = decode_with_indexes(y_string, indexes, cdf, lengths, offsets, "y stream")
             if self.enable_adaptive and _HEADER.unpack(self._header(mode, payload, sym, len(y_string)))[1] != crc:
                 raise BitstreamError(_MISMATCH)

@@ -65,6 +65,8 @@ class AdaptiveModelMixin:
         pdf_M: int | None = None,
         pdf_kernel_size: int = 15,
         pdf_groups: int = 8,
+        refine_steps: int = 0,
+        refine_lr: float = 0.05,
     ) -> None:
         eb = self._modules.pop("entropy_bottleneck")
         pdf = {"N": pdf_N, "M": pdf_M, "kernel_size": pdf_kernel_size, "groups": pdf_groups}
@@ -76,6 +78,8 @@ class AdaptiveModelMixin:
             ideal=ideal,
             fallback_static=fallback_static,
             pdf_model=pdf,
+            refine_steps=refine_steps,
+            refine_lr=refine_lr,
         )
 
     @property
