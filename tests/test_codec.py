@@ -518,6 +518,27 @@ def test_refinement_never_costs_more_round_trips_and_is_deterministic(fitted, re
     assert nbytes(a["strings"]) <= nbytes(plain["strings"]) * 1.002
 
 
+@pytest.mark.parametrize("C", [1, 5, 12, 96])
+def test_channel_flags_and_mixed_tables(C):
+    """Flags round-trip for any channel count; mixed tables take each row from the flagged table set."""
+    torch.manual_seed(C)
+    codec = AdaptiveEntropyBottleneckLatentCodec(channels=C).eval()
+    use = torch.rand(C) < 0.5
+    packed = codec._pack_mask(use)
+    assert len(packed) == math.ceil(C / 8)
+    assert torch.equal(codec._unpack_mask(packed + b"payload"), use)
+    with pytest.raises(BitstreamError, match="channel flags"):
+        codec._unpack_mask(packed[:-1])
+    a = (torch.randint(0, 99, (C, 7)), torch.full((C,), 7), torch.full((C,), -3))
+    s_ = (torch.randint(0, 99, (C, 4)), torch.full((C,), 4), torch.full((C,), -1))
+    cdf, lengths, offsets = codec._mixed_tables(use, a, s_)
+    for c in range(C):
+        src = a if use[c] else s_
+        w = src[0].shape[-1]
+        assert torch.equal(cdf[c, :w], src[0][c].int()) and (cdf[c, w:] == 0).all()
+        assert int(lengths[c]) == int(src[1][c]) and int(offsets[c]) == int(src[2][c])
+
+
 def test_refinement_config_is_checked():
     eb = EntropyBottleneck(4)
     for bad in (dict(refine_steps=-1), dict(refine_lr=0.0)):
