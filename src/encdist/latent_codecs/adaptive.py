@@ -49,7 +49,7 @@ or corrupted streams, streams of a model of another configuration, and also
 a ``p̂`` rebuilt differently from the encoder's (another platform's floating
 point): any of them raises :class:`BitstreamError` instead of returning a
 wrong image. Decoding itself is safe on any input (:mod:`encdist.coding`).
-It costs 40 bits per image (1e-4 bpp on a 768×512 image).
+It costs 40 bits per image (1e-4 bpp on a 768×512 image), plus one bit per channel in mixed mode.
 """
 
 from __future__ import annotations
@@ -276,14 +276,16 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             p = hard_histogram(self.bin_coordinates(y).detach(), self.num_bins)
             y_strings, pdf_strings = [], []
             for i in range(len(y)):
-                static_bits = None
-                if self.fallback_static and not self.ideal and self.refine_steps:
-                    static_bits = self._channel_bits(symbols[i], s_cdf, s_len, s_off).float().unsqueeze(0)
-                payload = self._pack_side(p[i], shape[0] * shape[1], static_bits)
+                # Per-channel bits under the static tables: what the fallback compares against.
+                s_bits = self._channel_bits(symbols[i], s_cdf, s_len, s_off) if self.fallback_static and not self.ideal else None
+                refine_ref = s_bits.float().unsqueeze(0) if s_bits is not None and self.refine_steps else None
+                payload = self._pack_side(p[i], shape[0] * shape[1], refine_ref)
                 # The decoder's p̂ comes from the decoded payload: derive it the same way here.
                 p_hat = self._unpack_side(payload)
                 a_cdf, a_len, a_off = self.adaptive_tables(p_hat)
-                mode, y_string, payload = self._encode_cheapest(symbols[i], indexes, (a_cdf[0], a_len, a_off), (s_cdf, s_len, s_off), payload)
+                mode, y_string, payload = self._encode_cheapest(
+                    symbols[i], indexes, (a_cdf[0], a_len, a_off), (s_cdf, s_len, s_off), payload, s_bits
+                )
                 y_strings.append(y_string)
                 pdf_strings.append(self._header(mode, payload, symbols[i], len(y_string)) + payload)
         y_hat = (symbols.to(y.dtype) + self._medians().cpu().view(1, -1, 1, 1)).to(y.device)
@@ -295,7 +297,7 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
     def _mask_bytes(self) -> int:
         return math.ceil(self.channels / 8)
 
-    def _encode_cheapest(self, symbols, indexes, adaptive, static, pdf_payload: bytes):
+    def _encode_cheapest(self, symbols, indexes, adaptive, static, pdf_payload: bytes, s_bits: Tensor | None = None):
         """``(mode, y_string, side payload)`` of the cheapest of adaptive, static and per-channel mixed coding.
 
         Costs are first estimated per channel from symbol counts (escapes and
@@ -308,7 +310,8 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             # The ideal bound sends p at zero cost: it never falls back.
             return MODE_ADAPTIVE, encode_with_indexes(symbols, indexes, *adaptive), pdf_payload
         a_bits = self._channel_bits(symbols, *adaptive)
-        s_bits = self._channel_bits(symbols, *static)
+        if s_bits is None:
+            s_bits = self._channel_bits(symbols, *static)
         use = a_bits < s_bits  # channels coded with the adaptive distribution
         side = 8 * len(pdf_payload)
         cost = {MODE_ADAPTIVE: float(a_bits.sum()) + side, MODE_STATIC: float(s_bits.sum())}
