@@ -185,7 +185,7 @@ class PdfModel(nn.Module):
             opt = torch.optim.Adam([v], lr=lr)
             best_cost, best = None, None
             for i in range(steps + 1):
-                v_hat = v + (torch.round(v - med) + med - v).detach()
+                v_hat = v + (self.entropy_bottleneck.quantize(v, "dequantize", med) - v).detach()
                 bits_y, bits_v = self.coding_cost(v_hat, counts)
                 with torch.no_grad():  # per image: each image keeps its own best
                     coded = torch.minimum(bits_y, static_bits) if static_bits is not None else bits_y
