@@ -71,6 +71,8 @@ import _helpers as H  # noqa: E402
 
 SECTIONS = ("rate", "throughput", "coding", "cost")
 MODES = ("adaptive", "static", "ideal")
+#: Ways of coding the rate section compares (bpp_<arm> in each point).
+CODEC_ARMS = ("adaptive", "ideal", "adaptive_forward", "adaptive_nofallback", "adaptive_refined")
 QUICKSTART_LAMBDA = 0.0067
 
 # Targets (issue 5). Paper references are computed from results/reference/kodak when present.
@@ -113,18 +115,18 @@ PROFILES: Dict[str, Dict[str, Any]] = {
 
 
 @contextlib.contextmanager
-def _coding_setup(model, mode: str, fallback: bool, refine_steps: int = 0):
-    """Code with ``mode``, the static fallback on or off and ``refine_steps``; restores all afterwards."""
+def _coding_setup(model, mode: str, fallback: bool, refine_steps: int = 0, backward: bool = True):
+    """Code with ``mode``, the static fallback, ``refine_steps`` and backward adaptation as given; restores all afterwards."""
     from encdist.evaluate import coding_mode
 
     codec = model.adaptive_codec
-    saved = codec.fallback_static, codec.refine_steps
-    codec.fallback_static, codec.refine_steps = fallback, refine_steps
+    saved = codec.fallback_static, codec.refine_steps, codec.backward_adaptation
+    codec.fallback_static, codec.refine_steps, codec.backward_adaptation = fallback, refine_steps, backward
     try:
         with coding_mode(model, mode):
             yield
     finally:
-        codec.fallback_static, codec.refine_steps = saved
+        codec.fallback_static, codec.refine_steps, codec.backward_adaptation = saved
 
 
 def log(msg: str) -> None:
@@ -330,18 +332,20 @@ def _infer_images():
 
 
 def _static_channels(codec, pdf_string: bytes):
-    """Channels the encoder coded with the static tables (mode 0: all, 1: none, 2: the unset flag bits)."""
-    from encdist.latent_codecs import MODE_ADAPTIVE, MODE_MIXED, MODE_STATIC
+    """Channels the encoder started from the static tables (mode 0: all, 1: none, 2: the unset flag bits)."""
+    from encdist.latent_codecs import MODE_ADAPTIVE, MODE_BACKWARD, MODE_MIXED, MODE_STATIC
 
     if not pdf_string:
         return None
-    mode = pdf_string[0]
+    mode, payload = pdf_string[0] & ~MODE_BACKWARD, bytes(pdf_string[5:])
+    if pdf_string[0] & MODE_BACKWARD:
+        payload = payload[1:]  # the symbol radius
     if mode == MODE_STATIC:
         return codec.channels
     if mode == MODE_ADAPTIVE:
         return 0
     if mode == MODE_MIXED:
-        return codec.channels - int(codec._unpack_mask(bytes(pdf_string[5:])).sum())
+        return codec.channels - int(codec._unpack_mask(payload).sum())
     return None
 
 
@@ -375,22 +379,27 @@ def _evaluate_run(run_dir: Path, images, refine_steps: int = 0) -> Dict[str, Any
     model.update(force=True)
     codec = model.adaptive_codec
     rows = []
-    saved = codec.fallback_static, codec.refine_steps
+    saved = codec.fallback_static, codec.refine_steps, codec.backward_adaptation
     for name, x in images:
         try:
-            codec.fallback_static, codec.refine_steps = True, 0
+            # The product's codec: static fallback and backward adaptation on.
+            codec.fallback_static, codec.refine_steps, codec.backward_adaptation = True, 0, True
             res = evaluate_image(model, x, modes=MODES)
             x_pad, _ = pad_to_multiple(x, 64)
             with coding_mode(model, "adaptive"):
                 enc = model.compress(x_pad)
             pdf_string = enc["strings"][-1][0]
+            # Fixed tables per image (no backward adaptation), fallback on.
+            codec.backward_adaptation = False
+            forward = evaluate_image(model, x, modes=("adaptive",))["adaptive"]
+            # The paper's codec: fixed tables, fallback off.
             codec.fallback_static = False
             nofb = evaluate_image(model, x, modes=("adaptive",))["adaptive"]
-            # Beyond the paper: encoder-side refinement of the side latent (static fallback on).
-            codec.fallback_static, codec.refine_steps = True, refine_steps
+            # Beyond the paper: encoder-side refinement of the side latent (product codec otherwise).
+            codec.fallback_static, codec.refine_steps, codec.backward_adaptation = True, refine_steps, True
             refined = evaluate_image(model, x, modes=("adaptive",))["adaptive"] if refine_steps else res["adaptive"]
         finally:
-            codec.fallback_static, codec.refine_steps = saved
+            codec.fallback_static, codec.refine_steps, codec.backward_adaptation = saved
         rows.append(
             {
                 "image": name,
@@ -399,6 +408,7 @@ def _evaluate_run(run_dir: Path, images, refine_steps: int = 0) -> Dict[str, Any
                 "mode_byte": int(pdf_string[0]) if len(pdf_string) else None,
                 "static_channels": _static_channels(codec, pdf_string),
                 **{f"{m}": res[m] for m in MODES},
+                "adaptive_forward": forward,
                 "adaptive_nofallback": nofb,
                 "adaptive_refined": refined,
             }
@@ -420,19 +430,21 @@ def _point(lmbda: float, ev: Dict[str, Any]) -> Dict[str, Any]:
         "num_images": len(rows),
         "psnr": m("static", "psnr-rgb"),
         "psnr_max_abs_diff_between_modes": max(
-            abs(r[a]["psnr-rgb"] - r["static"]["psnr-rgb"]) for r in rows for a in ("adaptive", "ideal", "adaptive_nofallback", "adaptive_refined")
+            abs(r[a]["psnr-rgb"] - r["static"]["psnr-rgb"]) for r in rows for a in ("adaptive", "ideal", "adaptive_forward", "adaptive_nofallback", "adaptive_refined")
         ),
         "bpp_static": m("static", "bpp"),
         "bpp_adaptive": m("adaptive", "bpp"),
         "bpp_ideal": m("ideal", "bpp"),
+        "bpp_adaptive_forward": m("adaptive_forward", "bpp"),
         "bpp_adaptive_nofallback": m("adaptive_nofallback", "bpp"),
         "bpp_adaptive_refined": m("adaptive_refined", "bpp"),
         "bpp_pdf_refined": m("adaptive_refined", "bpp_pdf"),
         "enc_time_adaptive_refined": m("adaptive_refined", "encoding_time"),
         "bpp_pdf": m("adaptive", "bpp_pdf"),
         "bpp_pdf_nofallback": m("adaptive_nofallback", "bpp_pdf"),
-        "static_picks": sum(1 for r in rows if r["mode_byte"] == 0),
-        "mixed_picks": sum(1 for r in rows if r["mode_byte"] == 2),
+        "static_picks": sum(1 for r in rows if r["mode_byte"] is not None and r["mode_byte"] & 0x0F == 0),
+        "mixed_picks": sum(1 for r in rows if r["mode_byte"] is not None and r["mode_byte"] & 0x0F == 2),
+        "backward_picks": sum(1 for r in rows if r["mode_byte"] is not None and r["mode_byte"] & 0x10),
         "static_channels_mean": _mean([r["static_channels"] for r in rows if r.get("static_channels") is not None]),
         "runner_infer_bpp": ev.get("runner_infer_bpp"),
         "checkpoint": ev.get("checkpoint"),
@@ -448,6 +460,10 @@ def _point(lmbda: float, ev: Dict[str, Any]) -> Dict[str, Any]:
     p["ideal_vs_static_pct"] = 100 * (i / s - 1)
     p["nofallback_vs_static_pct"] = 100 * (nf / s - 1)
     p["gap_closed_pct"] = 100 * (s - a) / (s - i) if s != i else float("nan")
+    fw = p["bpp_adaptive_forward"]
+    p["forward_vs_static_pct"] = 100 * (fw / s - 1)
+    p["gap_closed_forward_pct"] = 100 * (s - fw) / (s - i) if s != i else float("nan")
+    p["gap_closed_nofallback_pct"] = 100 * (s - nf) / (s - i) if s != i else float("nan")
     rf = p["bpp_adaptive_refined"]
     p["refined_vs_static_pct"] = 100 * (rf / s - 1)
     p["side_share_refined_pct"] = 100 * p["bpp_pdf_refined"] / rf
@@ -582,7 +598,7 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     out["points"], out["per_image"] = points, per_image
 
     # ---- BD-rates and shares
-    bd = {f"{k}_{meth}": _bd(points, f"bpp_{k}", meth) for k in ("adaptive", "ideal", "adaptive_nofallback", "adaptive_refined") for meth in ("cubic", "pchip")}
+    bd = {f"{k}_{meth}": _bd(points, f"bpp_{k}", meth) for k in CODEC_ARMS for meth in ("cubic", "pchip")}
     out["bd_rate"] = bd
     num = lambda v: isinstance(v, float) and math.isfinite(v)  # noqa: E731
     gap = 100 * bd["adaptive_cubic"] / bd["ideal_cubic"] if num(bd["adaptive_cubic"]) and num(bd["ideal_cubic"]) and bd["ideal_cubic"] != 0 else None
@@ -598,8 +614,14 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     # Per point, PSNR is identical in every mode, so the rate change at equal quality is exact;
     # their geometric mean is the per-point analogue of a BD-rate (a mean log-rate difference).
     geo = lambda key: 100 * (math.exp(_mean([math.log(p[key] / p["bpp_static"]) for p in points])) - 1)  # noqa: E731
-    out["pointwise_rate_change"] = {k: geo(f"bpp_{k}") for k in ("adaptive", "ideal", "adaptive_nofallback", "adaptive_refined")}
+    out["pointwise_rate_change"] = {k: geo(f"bpp_{k}") for k in CODEC_ARMS}
     pw = out["pointwise_rate_change"]
+    # The share of the gap closed by each way of coding, both measures.
+    out["gap_closed_by_arm"] = {
+        k: {"bd_pct": 100 * bd[k + "_cubic"] / bd["ideal_cubic"] if num(bd[k + "_cubic"]) and num(bd["ideal_cubic"]) and bd["ideal_cubic"] != 0 else None,
+            "pointwise_pct": 100 * pw[k] / pw["ideal"] if pw["ideal"] != 0 else None}
+        for k in CODEC_ARMS if k != "ideal"
+    }
     gap_pw = 100 * pw["adaptive"] / pw["ideal"] if pw["ideal"] != 0 else None
     out["gap_closed_pointwise_pct"] = gap_pw
     out["refine_steps"] = int(args.refine_steps)
@@ -843,6 +865,9 @@ def _call_timer(model, mode: str) -> "H.CallTimer":
     else:
         ct.add(lc, "encode_with_indexes", lambda n: "y rANS encode" if n == 0 else "y rANS encode, 2nd table (fallback: both coded)")
     ct.add(lc, "decode_with_indexes", "y rANS decode")
+    ct.add(lc, "adapted_tables", "backward: all blocks' tables + exact bits (encoder)")
+    ct.add(lc, "encode_lists", lambda n: "y rANS encode, backward tables" if n == 0 else "y rANS encode, backward tables, 2nd mode")
+    ct.add(lc, "decode_adapted", "backward: block-by-block tables + rANS decode")
     ct.add(codec, "_header", "header / crc")
     return ct
 
@@ -855,16 +880,18 @@ def section_coding(args, prof, model, model_desc) -> Dict[str, Any]:
     codec = model.adaptive_codec
     x = _coding_image()
     reps, warm = prof["coding_reps"], prof["coding_warmup"]
-    arms = [("static", "static", True, 0), ("adaptive", "adaptive", True, 0), ("adaptive_nofallback", "adaptive", False, 0)]
+    # (name, mode, fallback, refine steps, backward adaptation)
+    arms = [("static", "static", True, 0, True), ("adaptive", "adaptive", True, 0, True),
+            ("adaptive_forward", "adaptive", True, 0, False), ("adaptive_nofallback", "adaptive", False, 0, False)]
     if args.refine_steps:
-        arms.append(("adaptive_refined", "adaptive", True, int(args.refine_steps)))
+        arms.append(("adaptive_refined", "adaptive", True, int(args.refine_steps), True))
     times = {a[0]: {"encode": [], "decode": []} for a in arms}
     sizes = {}
     log(f"coding speed: 768x512 image, batch 1, CPU, {warm} warm-up + {reps} reps per mode, alternating")
     for r in range(warm + reps):
         order = arms[r % len(arms):] + arms[: r % len(arms)]
-        for name, mode, fb, rs in order:
-            with _coding_setup(model, mode, fb, rs):
+        for name, mode, fb, rs, bw in order:
+            with _coding_setup(model, mode, fb, rs, bw):
                 t0 = time.perf_counter()
                 enc = model.compress(x)
                 t1 = time.perf_counter()
@@ -896,10 +923,10 @@ def section_coding(args, prof, model, model_desc) -> Dict[str, Any]:
     try:
         laps: Dict[str, Dict[str, list]] = {}
         for r in range(max(2, reps)):
-            for name, mode, fb, rs in (arms[1:2] + arms[:1]) if r % 2 else arms[:2]:
+            for name, mode, fb, rs, bw in (arms[1:2] + arms[:1]) if r % 2 else arms[:2]:
                 ct = _call_timer(model, mode)
                 try:
-                    with _coding_setup(model, mode, fb, rs):
+                    with _coding_setup(model, mode, fb, rs, bw):
                         t0 = time.perf_counter()
                         enc = model.compress(x)
                         t1 = time.perf_counter()
@@ -1016,13 +1043,18 @@ def _md_rate(r: Dict[str, Any]) -> List[str]:
     L.append("| rate vs static at equal PSNR | BD-rate, cubic (VCEG-M33) | BD-rate, pchip | per-point, geometric mean |")
     L.append("|---|---|---|---|")
     rs = r.get("refine_steps", 0)
-    rows = [("adaptive", "adaptive (with static fallback)"), ("ideal", "ideal (exact p, zero side cost)"), ("adaptive_nofallback", "adaptive, fallback off (paper's codec)")]
+    rows = [("adaptive", "adaptive (default: backward adaptation, static fallback)"), ("ideal", "ideal (exact p, zero side cost)"),
+            ("adaptive_forward", "adaptive, fixed tables per image, static fallback"),
+            ("adaptive_nofallback", "adaptive, fixed tables, fallback off (paper's codec)")]
     if rs:
-        rows.append(("adaptive_refined", f"adaptive + encoder refinement ({rs} steps, fallback on)"))
+        rows.append(("adaptive_refined", f"adaptive (default) + encoder refinement ({rs} steps)"))
     for k, label in rows:
         L.append(f"| {label} | {f(bd[k + '_cubic'])} | {f(bd[k + '_pchip'])} | {pw[k]:+.2f} % |")
     gbd = r.get("gap_closed_bd_pct")
-    L.append(f"| share of the static→ideal gap closed by adaptive | {_fmt(gbd, '.1f')} % | | {_fmt(gp, '.1f')} % |")
+    L.append(f"| share of the static→ideal gap closed by adaptive (default) | {_fmt(gbd, '.1f')} % | | {_fmt(gp, '.1f')} % |")
+    for k, label in (("adaptive_forward", "fixed tables, fallback on"), ("adaptive_nofallback", "the paper's codec")):
+        g_arm = r.get("gap_closed_by_arm", {}).get(k, {})
+        L.append(f"| share closed by {label} | {_fmt(g_arm.get('bd_pct'), '.1f')} % | | {_fmt(g_arm.get('pointwise_pct'), '.1f')} % |")
     if rs:
         L.append(f"| share closed by adaptive + refinement | {_fmt(r.get('gap_closed_refined_bd_pct'), '.1f')} % | | "
                  f"{_fmt(r.get('gap_closed_refined_pointwise_pct'), '.1f')} % |")
@@ -1064,16 +1096,19 @@ def _md_rate(r: Dict[str, Any]) -> List[str]:
         L.append("- Cross-check against the training runs' own infer pass (both use the last epoch's weights, `runner.last.pth`; "
                  "the runs' infer pass codes with the codec of the run's own code version): " + "; ".join(desc) + ".")
     L.append("")
-    L.append("**Static fallback** (beyond the paper: per image and per channel, the encoder keeps the cheaper of the adaptive and "
-             "static tables; mode byte 0 = all static, 1 = all adaptive, 2 = per-channel flags):")
+    L.append("**Beyond the paper** (per image, the encoder keeps the cheapest way to code: fixed or backward-adapted tables, each starting "
+             "from the static tables, from p̂, or from either per channel; mode byte: low bits 0 = static, 1 = p̂, 2 = per-channel flags, "
+             "+16 = backward adaptation):")
     L.append("")
     C = r.get("model", {}).get("C")
-    L.append(f"| λ | images all static / per-channel | channels coded static (mean of {C}) | bpp, fallback off | bpp, fallback on | saved by fallback | side share, fallback off |")
-    L.append("|---|---|---|---|---|---|---|")
+    L.append(f"| λ | images: static start / per-channel / backward | channels starting static (mean of {C}) | bpp, paper's codec | "
+             f"bpp, fixed tables + fallback | bpp, default | default vs paper's codec | side share, paper's codec |")
+    L.append("|---|---|---|---|---|---|---|---|")
     for p in r["points"]:
-        L.append(f"| {p['lambda']:g} | {p['static_picks']}/{p['num_images']} / {p.get('mixed_picks', 0)}/{p['num_images']} | "
-                 f"{_fmt(p.get('static_channels_mean'), '.1f')} | {p['bpp_adaptive_nofallback']:.4f} | {p['bpp_adaptive']:.4f} | "
-                 f"{p['fallback_saving_bpp']:.5f} bpp ({p['fallback_saving_pct']:.2f} %) | {p['side_share_nofallback_pct']:.2f} % |")
+        n = p["num_images"]
+        L.append(f"| {p['lambda']:g} | {p['static_picks']}/{n} / {p.get('mixed_picks', 0)}/{n} / {p.get('backward_picks', 0)}/{n} | "
+                 f"{_fmt(p.get('static_channels_mean'), '.1f')} | {p['bpp_adaptive_nofallback']:.4f} | {p['bpp_adaptive_forward']:.4f} | {p['bpp_adaptive']:.4f} | "
+                 f"{-p['fallback_saving_pct']:+.2f} % | {p['side_share_nofallback_pct']:.2f} % |")
     L.append("")
     return L
 
@@ -1128,7 +1163,8 @@ def _md_coding(r: Dict[str, Any]) -> List[str]:
     L.append("|---|---|---|---|---|---|---|")
     for name, m in r["modes"].items():
         ratio = f"{m['ratio_total']:.2f}x (enc {m['ratio_encode']:.2f}x, dec {m['ratio_decode']:.2f}x)" if "ratio_total" in m else "1.00x"
-        label = {"static": "static", "adaptive": "adaptive (fallback on, default)", "adaptive_nofallback": "adaptive, fallback off",
+        label = {"static": "static", "adaptive": "adaptive (default: backward adaptation, fallback on)",
+                 "adaptive_forward": "adaptive, fixed tables, fallback on", "adaptive_nofallback": "adaptive, fixed tables, fallback off (paper)",
                  "adaptive_refined": f"adaptive + refinement ({r.get('refine_steps', '?')} steps, fallback on)"}[name]
         L.append(f"| {label} | {m['encode_s']:.4f} | {m['decode_s']:.4f} | {m['total_s']:.4f} | {ratio} | {m['y_bytes']} | {m['side_bytes']} |")
     L.append("")

@@ -33,7 +33,9 @@ __all__ = [
     "quantized_cdf_table",
     "table_bits",
     "encode_with_indexes",
+    "encode_lists",
     "decode_with_indexes",
+    "StreamDecoder",
     "entropy_bottleneck_decompress",
     "gaussian_conditional_decompress",
 ]
@@ -100,7 +102,7 @@ def table_bits(counts: Tensor, cdf: Tensor, precision: int = PRECISION) -> Tenso
 
 def encode_with_indexes(symbols: Tensor, indexes: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor) -> bytes:
     """Range-code one image's symbols; ``indexes`` pick a row of ``cdf`` for each symbol."""
-    return ans.RansEncoder().encode_with_indexes(
+    return encode_lists(
         symbols.reshape(-1).int().tolist(),
         indexes.reshape(-1).int().tolist(),
         cdf.tolist(),
@@ -109,25 +111,51 @@ def encode_with_indexes(symbols: Tensor, indexes: Tensor, cdf: Tensor, lengths: 
     )
 
 
+def encode_lists(symbols: list, indexes: list, cdf: list, lengths: list, offsets: list) -> bytes:
+    """:func:`encode_with_indexes` on plain lists (what ``compressai.ans`` takes)."""
+    return ans.RansEncoder().encode_with_indexes(symbols, indexes, cdf, lengths, offsets)
+
+
+class StreamDecoder:
+    """Decodes one rANS string in several calls (tables may change in between); safe on any input.
+
+    ``num_symbols`` is the total number of symbols the string holds: the
+    buffer is padded for that many (see the module docstring), and decoding
+    more is refused.
+    """
+
+    def __init__(self, string: bytes, num_symbols: int, what: str = "bitstream"):
+        if not isinstance(string, (bytes, bytearray)):
+            raise BitstreamError(f"{what}: expected bytes, got {type(string).__name__}")
+        if len(string) < 8:
+            # A rANS stream always holds at least its 64-bit final state.
+            raise BitstreamError(f"{what}: {len(string)} bytes is too short to be a rANS stream (truncated or empty)")
+        self.left = int(num_symbols)
+        self._decoder = ans.RansDecoder()
+        self._decoder.set_stream(bytes(string) + bytes(16 * len(string) + 8 * self.left + 64))
+
+    def decode(self, indexes: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor) -> Tensor:
+        """The next ``indexes.numel()`` symbols, shaped like ``indexes``."""
+        values = self.decode_lists(
+            indexes.reshape(-1).int().tolist(), cdf.tolist(), lengths.reshape(-1).int().tolist(), offsets.reshape(-1).int().tolist()
+        )
+        return torch.tensor(values, dtype=torch.int64).reshape(indexes.shape)
+
+    def decode_lists(self, indexes: list, cdf: list, lengths: list, offsets: list) -> list:
+        """:meth:`decode` on plain lists (what ``compressai.ans`` takes), for callers that build them directly."""
+        if len(indexes) > self.left:
+            raise RuntimeError(f"decoding {len(indexes)} more symbols than the {self.left} the stream was opened for")
+        if len(lengths) != len(cdf) or len(offsets) != len(cdf):
+            raise ValueError(f"{len(cdf)} CDF tables but {len(lengths)} lengths and {len(offsets)} offsets")
+        self.left -= len(indexes)
+        return self._decoder.decode_stream(indexes, cdf, lengths, offsets)
+
+
 def decode_with_indexes(
     string: bytes, indexes: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor, what: str = "bitstream"
 ) -> Tensor:
     """Decode one image's symbols; never reads outside the buffer, whatever ``string`` holds."""
-    if not isinstance(string, (bytes, bytearray)):
-        raise BitstreamError(f"{what}: expected bytes, got {type(string).__name__}")
-    if len(string) < 8:
-        # A rANS stream always holds at least its 64-bit final state.
-        raise BitstreamError(f"{what}: {len(string)} bytes is too short to be a rANS stream (truncated or empty)")
-    n = indexes.numel()
-    pad = bytes(16 * len(string) + 8 * n + 64)
-    values = ans.RansDecoder().decode_with_indexes(
-        bytes(string) + pad,
-        indexes.reshape(-1).int().tolist(),
-        cdf.tolist(),
-        lengths.reshape(-1).int().tolist(),
-        offsets.reshape(-1).int().tolist(),
-    )
-    return torch.tensor(values, dtype=torch.int64).reshape(indexes.shape)
+    return StreamDecoder(string, indexes.numel(), what).decode(indexes, cdf, lengths, offsets)
 
 
 def entropy_bottleneck_decompress(eb, strings: Sequence[bytes], size: Sequence[int], what: str = "bitstream") -> Tensor:

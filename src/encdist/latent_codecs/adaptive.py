@@ -57,7 +57,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -66,22 +66,42 @@ from compressai.entropy_models import EntropyBottleneck
 from compressai.latent_codecs import LatentCodec
 from torch import Tensor
 
-from encdist.coding import decode_with_indexes, encode_with_indexes, quantized_cdf_table, table_bits
+from encdist.backward import adapted_tables, decode_adapted, stream_layout
+from encdist.coding import (
+    PRECISION,
+    StreamDecoder,
+    decode_with_indexes,
+    encode_lists,
+    encode_with_indexes,
+    quantized_cdf_table,
+    table_bits,
+)
 from encdist.errors import BitstreamError
 from encdist.histogram import bound_ste, hard_histogram, histogram, interp_log_pmf
 from encdist.pdf_model import PdfModel
 from encdist.registry import register_module
 
-__all__ = ["AdaptiveEntropyBottleneckLatentCodec", "MODE_STATIC", "MODE_ADAPTIVE", "MODE_MIXED"]
+__all__ = ["AdaptiveEntropyBottleneckLatentCodec", "MODE_STATIC", "MODE_ADAPTIVE", "MODE_MIXED", "MODE_BACKWARD"]
 
 MODE_STATIC = 0
 MODE_ADAPTIVE = 1
 MODE_MIXED = 2  # per channel: adaptive where its flag bit is set, static elsewhere
+MODE_BACKWARD = 0x10  # flag on any of the above: the tables adapt row by row (encdist.backward)
 _HEADER = struct.Struct(">BI")  # mode, crc32
 _MISMATCH = (
     "bitstream checksum mismatch: the streams are corrupt or truncated, were made by "
     "a model of another configuration, or decoded on a platform that rebuilt p̂ differently"
 )
+
+
+class _Family(NamedTuple):
+    """One way of building tables, offering the static, adaptive and mixed modes (see ``_encode_cheapest``)."""
+
+    flag: int  # OR-ed into the mode byte
+    prefix: bytes  # side bytes before the mode's payload
+    bits: Callable[[], Tuple[Tensor, Tensor]]
+    encode: Callable[[Tensor], bytes]
+    exact: bool  # bits() are the tables' exact bits
 
 
 @register_module("AdaptiveEntropyBottleneckLatentCodec")
@@ -104,6 +124,14 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             (:meth:`PdfModel.refine`, beyond the paper); 0 codes ``g_a(p)`` as is.
             The decoder and the bitstream format do not depend on it.
         refine_lr: Adam step size of the refinement.
+        backward_adaptation: adapt each channel's table row by row to the
+            symbols already coded (:mod:`encdist.backward`, beyond the paper),
+            starting from the table the mode picked (static, ``p̂`` or mixed).
+            Costs no bits; the stream's mode byte says whether it was used.
+        adapt_alpha: prior strength of the starting table, in pseudo-symbols.
+        adapt_decay: share of the counts kept from one block (half a latent
+            row for 2 phases) to the next, in steps of 1/256.
+        adapt_phases: interleaved phases per latent row (range-decoder calls per row).
     """
 
     def __init__(
@@ -118,6 +146,10 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         pdf_model: PdfModel | Dict[str, Any] | None = None,
         refine_steps: int = 0,
         refine_lr: float = 0.05,
+        backward_adaptation: bool = True,
+        adapt_alpha: int = 16,
+        adapt_decay: float = 0.6,
+        adapt_phases: int = 2,
     ):
         super().__init__()
         if entropy_bottleneck is None:
@@ -135,6 +167,14 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             raise ValueError(f"refine_steps must be >= 0 and refine_lr > 0, got {refine_steps!r}, {refine_lr!r}")
         self.refine_steps = int(refine_steps)
         self.refine_lr = float(refine_lr)
+        if int(adapt_alpha) < 1 or not 0 <= float(adapt_decay) <= 1 or int(adapt_phases) < 1:
+            raise ValueError(
+                f"need adapt_alpha >= 1, 0 <= adapt_decay <= 1 and adapt_phases >= 1, got {adapt_alpha!r}, {adapt_decay!r}, {adapt_phases!r}"
+            )
+        self.backward_adaptation = bool(backward_adaptation)
+        self.adapt_alpha = int(adapt_alpha)
+        self.adapt_decay = float(adapt_decay)
+        self.adapt_phases = int(adapt_phases)
         if not isinstance(pdf_model, nn.Module):
             pdf_model = PdfModel(C, self.num_bins, **(pdf_model or {}))
         self.pdf_model = pdf_model
@@ -197,7 +237,7 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         # Parameter shapes pin down the rest of the pdf model's architecture (kernel size, groups, layers).
         shapes = tuple((k, tuple(v.shape)) for k, v in self.pdf_model.named_parameters())
         cfg = (type(self.pdf_model).__name__, self.channels, self.num_bins, self.ideal,
-               getattr(self.pdf_model, "N", 0), getattr(self.pdf_model, "M", 0), shapes)
+               getattr(self.pdf_model, "N", 0), getattr(self.pdf_model, "M", 0), shapes, self._adapt_params())
         return zlib.crc32(repr(cfg).encode())
 
     # ------------------------------------------------------------------ forward
@@ -274,18 +314,29 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             pdf_strings = [b"" for _ in y_strings]
         else:
             p = hard_histogram(self.bin_coordinates(y).detach(), self.num_bins)
+            backward = self.backward_adaptation and not self.ideal
             y_strings, pdf_strings = [], []
             for i in range(len(y)):
-                # Per-channel bits under the static tables: what the fallback compares against.
+                # Per-channel bits under the static tables: what the refinement and the fallback compare against.
                 s_bits = self._channel_bits(symbols[i], s_cdf, s_len, s_off) if self.fallback_static and not self.ideal else None
                 refine_ref = s_bits.float().unsqueeze(0) if s_bits is not None and self.refine_steps else None
                 payload = self._pack_side(p[i], shape[0] * shape[1], refine_ref)
                 # The decoder's p̂ comes from the decoded payload: derive it the same way here.
-                p_hat = self._unpack_side(payload)
-                a_cdf, a_len, a_off = self.adaptive_tables(p_hat)
-                mode, y_string, payload = self._encode_cheapest(
-                    symbols[i], indexes, (a_cdf[0], a_len, a_off), (s_cdf, s_len, s_off), payload, s_bits
-                )
+                a_cdf, a_len, a_off = self.adaptive_tables(self._unpack_side(payload))
+                adaptive, static = (a_cdf[0], a_len, a_off), (s_cdf, s_len, s_off)
+                families = []
+                if backward:
+                    radius = self._radius(symbols[i])
+                    bits, encode = self._backward_plan(symbols[i], adaptive, static, radius)
+                    families.append(_Family(MODE_BACKWARD, bytes([radius]), bits, encode, True))
+                if not backward or self.fallback_static:
+                    # Fixed tables: the paper's codec, and the guarantee of never costing more than the static one.
+                    bits = lambda a=adaptive, sym=symbols[i], sb=s_bits: (self._channel_bits(sym, *a), sb)
+                    encode = lambda use, a=adaptive, sym=symbols[i]: encode_with_indexes(
+                        sym, indexes, *self._mixed_tables(use, a, static)
+                    )
+                    families.append(_Family(0, b"", bits, encode, False))
+                mode, y_string, payload = self._encode_cheapest(families, payload)
                 y_strings.append(y_string)
                 pdf_strings.append(self._header(mode, payload, symbols[i], len(y_string)) + payload)
         y_hat = (symbols.to(y.dtype) + self._medians().cpu().view(1, -1, 1, 1)).to(y.device)
@@ -293,46 +344,117 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
 
     #: Relative margin within which the cost estimates are not trusted and both streams are coded.
     FALLBACK_MARGIN = 0.03
+    #: The same with exact estimates (backward adaptation): rANS flushes at most this many bits more or less.
+    EXACT_MARGIN_BITS = 64
 
     def _mask_bytes(self) -> int:
         return math.ceil(self.channels / 8)
 
-    def _encode_cheapest(self, symbols, indexes, adaptive, static, pdf_payload: bytes, s_bits: Tensor | None = None):
-        """``(mode, y_string, side payload)`` of the cheapest of adaptive, static and per-channel mixed coding.
+    def _encode_cheapest(self, families: Sequence["_Family"], pdf_payload: bytes):
+        """``(mode byte, y_string, side payload)`` of the cheapest way to code one image.
 
-        Costs are first estimated per channel from symbol counts (escapes and
-        coder overhead left out); the mixed mode takes, per channel, the cheaper
-        table and pays one flag bit per channel. When the two best estimates
-        are within ``FALLBACK_MARGIN`` of each other both are coded and their
-        actual sizes compared.
+        Each family of tables (fixed, or backward-adapted) offers the static,
+        adaptive and per-channel mixed modes. ``family.bits()`` gives their
+        per-channel cost estimates ``(adaptive, static)`` and
+        ``family.encode(use)`` the y string coding the channels flagged in
+        ``use`` from the adaptive table and the others from the static one.
+        The mixed mode takes, per channel, the cheaper table and pays one flag
+        bit per channel. Without the fallback, the first family's adaptive
+        mode is used. When the two best estimates are within the margin both
+        are coded and their actual sizes compared: ``FALLBACK_MARGIN`` of the
+        rate for fixed tables (estimates leave escapes out), ``EXACT_MARGIN_BITS``
+        when both estimates are exact (backward-adapted tables' own bits, and
+        every mode escapes the same symbols).
         """
+        every = torch.ones(self.channels, dtype=torch.bool)
         if not self.fallback_static or self.ideal:
             # The ideal bound sends p at zero cost: it never falls back.
-            return MODE_ADAPTIVE, encode_with_indexes(symbols, indexes, *adaptive), pdf_payload
-        a_bits = self._channel_bits(symbols, *adaptive)
-        if s_bits is None:
-            s_bits = self._channel_bits(symbols, *static)
-        use = a_bits < s_bits  # channels coded with the adaptive distribution
+            f = families[0]
+            return MODE_ADAPTIVE | f.flag, f.encode(every), f.prefix + pdf_payload
         side = 8 * len(pdf_payload)
-        cost = {MODE_ADAPTIVE: float(a_bits.sum()) + side, MODE_STATIC: float(s_bits.sum())}
-        if 0 < int(use.sum()) < self.channels:
-            cost[MODE_MIXED] = float(torch.where(use, a_bits, s_bits).sum()) + side + 8 * self._mask_bytes()
+        cost, plan = {}, {}
+        for f in families:
+            a_bits, s_bits = f.bits()
+            use = a_bits < s_bits  # channels coded with the adaptive distribution
+            extra = 8 * len(f.prefix)
+            cost[MODE_ADAPTIVE | f.flag] = float(a_bits.sum()) + side + extra
+            plan[MODE_ADAPTIVE | f.flag] = (f, every, pdf_payload)
+            cost[MODE_STATIC | f.flag] = float(s_bits.sum()) + extra
+            plan[MODE_STATIC | f.flag] = (f, ~every, b"")
+            if 0 < int(use.sum()) < self.channels:
+                cost[MODE_MIXED | f.flag] = float(torch.where(use, a_bits, s_bits).sum()) + side + extra + 8 * self._mask_bytes()
+                plan[MODE_MIXED | f.flag] = (f, use, self._pack_mask(use) + pdf_payload)
 
         def code(mode):
-            if mode == MODE_STATIC:
-                return encode_with_indexes(symbols, indexes, *static), b""
-            if mode == MODE_ADAPTIVE:
-                return encode_with_indexes(symbols, indexes, *adaptive), pdf_payload
-            return encode_with_indexes(symbols, indexes, *self._mixed_tables(use, adaptive, static)), self._pack_mask(use) + pdf_payload
+            f, use, payload = plan[mode]
+            return f.encode(use), f.prefix + payload
 
         best, second = sorted(cost, key=cost.get)[:2]
         y_string, payload = code(best)
-        if cost[best] < cost[second] * (1 - self.FALLBACK_MARGIN):
+        exact = plan[best][0].exact and plan[second][0].exact
+        margin = self.EXACT_MARGIN_BITS if exact else cost[second] * self.FALLBACK_MARGIN
+        if cost[best] < cost[second] - margin:
             return best, y_string, payload
         y2, payload2 = code(second)
         if len(y2) + len(payload2) < len(y_string) + len(payload):
             return second, y2, payload2
         return best, y_string, payload
+
+    # ------------------------------------------------------------------ backward adaptation
+    def _adapt_params(self):
+        return self.adapt_alpha, round(self.adapt_decay * 256), self.adapt_phases
+
+    def _backward_support(self, radius: int):
+        """Coded range per channel under backward adaptation: the adaptive support within ``±radius`` (numpy)."""
+        lo, length = (t.numpy().astype(np.int64) for t in self._support())
+        hi = lo + length - 1
+        b_lo = np.clip(-radius, lo, hi)
+        b_hi = np.clip(radius, b_lo, hi)
+        return b_lo, b_hi - b_lo + 1
+
+    def _base_freqs(self, tables, radius: int):
+        """Integer base frequencies ``(C, K)`` of each ``(cdf, offsets)`` table on the backward support.
+
+        In-support symbols keep the table's frequencies; the escape gets 1,
+        since the image holds no symbol beyond ``±radius`` (a channel whose
+        support is narrower than that may still escape, and can).
+        """
+        lo, length = self._backward_support(radius)
+        k = np.arange(int(length.max()) + 1)[None, :]
+        out = []
+        for cdf, offsets in tables:
+            cdf = cdf.numpy().astype(np.int64)
+            j = np.clip((lo - offsets.numpy().astype(np.int64))[:, None] + k, 0, cdf.shape[1] - 2)
+            f = np.take_along_axis(cdf, j + 1, 1) - np.take_along_axis(cdf, j, 1)
+            out.append(np.where(k < length[:, None], f, (k == length[:, None]).astype(np.int64)))
+        return out, lo, length
+
+    def _radius(self, symbols: Tensor) -> int:
+        """Largest symbol magnitude of the image, sent in one byte (at most ``B/2``)."""
+        return min(int(symbols.abs().max()) if symbols.numel() else 0, self.num_bins // 2)
+
+    def _backward_plan(self, symbols: Tensor, adaptive, static, radius: int):
+        """Per-channel bits ``(adaptive, static)`` and the encoder of :meth:`_encode_cheapest`, with backward adaptation."""
+        C = self.channels
+        (f_adaptive, f_static), lo, length = self._base_freqs([(adaptive[0], adaptive[2]), (static[0], static[2])], radius)
+        sym = symbols.numpy()
+        # Both starting points adapted at once: channels are independent.
+        tables, bits, ordered, bounds = adapted_tables(
+            np.concatenate([sym, sym]), np.concatenate([f_adaptive, f_static]), np.tile(lo, 2), np.tile(length, 2),
+            *self._adapt_params(),
+        )
+        pos, idx = stream_layout(C, bounds)
+        values = ordered[:C].ravel()[pos].tolist()
+        idx = idx.tolist()
+        nb = len(bounds) - 1
+        sizes, offsets = (length + 2).tolist() * nb, lo.tolist() * nb
+        bits = torch.from_numpy(bits)
+
+        def encode(use: Tensor) -> bytes:
+            t = np.where(use.numpy()[None, :, None], tables[:, :C], tables[:, C:]).reshape(nb * C, -1)
+            return encode_lists(values, idx, t.tolist(), sizes, offsets)
+
+        return (lambda: (bits[:C], bits[C:])), encode
 
     def _channel_bits(self, symbols: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor) -> Tensor:
         """Bits of each channel of ``symbols`` (``(C, h, w)``) under integer tables; out-of-support symbols count as escapes."""
@@ -390,22 +512,36 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
                     raise BitstreamError(f"pdf stream: {len(pdf_string)} bytes is shorter than its header")
                 mode, crc = _HEADER.unpack_from(pdf_string)
                 payload = bytes(pdf_string[_HEADER.size:])
-                if mode not in (MODE_STATIC, MODE_ADAPTIVE, MODE_MIXED) or (mode == MODE_MIXED and self.ideal):
+                base, backward = mode & ~MODE_BACKWARD, bool(mode & MODE_BACKWARD)
+                if base not in (MODE_STATIC, MODE_ADAPTIVE, MODE_MIXED):
                     raise BitstreamError(f"pdf stream: unknown coding mode {mode} (corrupt stream?)")
-                if mode == MODE_STATIC:
+                if self.ideal and (base == MODE_MIXED or backward):
+                    raise BitstreamError(f"{_MISMATCH} (coding mode {mode} is never written in ideal mode)")
+                if backward:
+                    if not payload or payload[0] > self.num_bins // 2:
+                        raise BitstreamError(f"pdf stream: missing or invalid symbol radius ({_MISMATCH})")
+                    radius, payload = payload[0], payload[1:]
+                use = torch.zeros(self.channels, dtype=torch.bool)
+                a_cdf = None
+                if base == MODE_STATIC:
                     cdf, lengths, offsets = s_cdf, s_len, s_off
                 else:
                     try:
-                        use = self._unpack_mask(payload) if mode == MODE_MIXED else None
-                        p_hat = self._unpack_side(payload[self._mask_bytes():] if mode == MODE_MIXED else payload)
+                        use = self._unpack_mask(payload) if base == MODE_MIXED else ~use
+                        p_hat = self._unpack_side(payload[self._mask_bytes():] if base == MODE_MIXED else payload)
                     except BitstreamError as e:
                         raise BitstreamError(f"{_MISMATCH} ({e})") from None
                     a_cdf, a_len, a_off = self.adaptive_tables(p_hat)
-                    cdf, lengths, offsets = a_cdf[0], a_len, a_off
-                    if use is not None:
-                        cdf, lengths, offsets = self._mixed_tables(use, (cdf, lengths, offsets), (s_cdf, s_len, s_off))
-            sym = decode_with_indexes(y_string, indexes, cdf, lengths, offsets, "y stream")
-            if self.enable_adaptive and _HEADER.unpack(self._header(mode, payload, sym, len(y_string)))[1] != crc:
+                    cdf, lengths, offsets = self._mixed_tables(use, (a_cdf[0], a_len, a_off), (s_cdf, s_len, s_off))
+            if self.enable_adaptive and backward:
+                tables = [(s_cdf, s_off)] + ([] if a_cdf is None else [(a_cdf[0], a_off)])
+                freqs, lo, length = self._base_freqs(tables, radius)
+                base_freq = freqs[0] if a_cdf is None else np.where(use.numpy()[:, None], freqs[1], freqs[0])
+                decoder = StreamDecoder(y_string, self.channels * shape[0] * shape[1], "y stream")
+                sym = torch.from_numpy(decode_adapted(decoder, shape, base_freq, lo, length, *self._adapt_params()))
+            else:
+                sym = decode_with_indexes(y_string, indexes, cdf, lengths, offsets, "y stream")
+            if self.enable_adaptive and _HEADER.unpack(self._header(mode, bytes(pdf_string[_HEADER.size:]), sym, len(y_string)))[1] != crc:
                 raise BitstreamError(_MISMATCH)
             out.append(sym)
         symbols = torch.stack(out).to(device)

@@ -67,6 +67,10 @@ class AdaptiveModelMixin:
         pdf_groups: int = 8,
         refine_steps: int = 0,
         refine_lr: float = 0.05,
+        backward_adaptation: bool = True,
+        adapt_alpha: int = 16,
+        adapt_decay: float = 0.6,
+        adapt_phases: int = 2,
     ) -> None:
         eb = self._modules.pop("entropy_bottleneck")
         pdf = {"N": pdf_N, "M": pdf_M, "kernel_size": pdf_kernel_size, "groups": pdf_groups}
@@ -80,6 +84,10 @@ class AdaptiveModelMixin:
             pdf_model=pdf,
             refine_steps=refine_steps,
             refine_lr=refine_lr,
+            backward_adaptation=backward_adaptation,
+            adapt_alpha=adapt_alpha,
+            adapt_decay=adapt_decay,
+            adapt_phases=adapt_phases,
         )
 
     @property

@@ -1,0 +1,253 @@
+"""Backward adaptation (``encdist.backward`` and the codec's ``MODE_BACKWARD`` streams).
+
+tensorflow-compression style: small untrained modules with fixed seeds;
+decoding gives back the quantized latent bit for bit, the actual bits are at
+least the tables' exact cost and within a small overhead of it, the same input
+gives the same bytes, and the encoder's all-blocks-at-once tables are exactly
+the decoder's block-by-block ones.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from compressai.entropy_models import EntropyBottleneck
+from compressai.registry import MODELS
+
+import encdist  # noqa: F401  (registers the models)
+from encdist.backward import (
+    COUNT_ONE,
+    _Setup,
+    adapted_tables,
+    block_order,
+    integer_cdf_table,
+    stream_layout,
+    table_indexes,
+)
+from encdist.latent_codecs import MODE_ADAPTIVE, MODE_BACKWARD, MODE_STATIC, AdaptiveEntropyBottleneckLatentCodec
+
+HEADER = 5
+
+
+# ====================================================================== integer tables
+@pytest.mark.parametrize("seed", range(5))
+def test_integer_cdf_table_invariants(seed):
+    rng = np.random.default_rng(seed)
+    K = 12
+    w = rng.integers(0, 10**9, size=(50, K)) * (rng.random((50, K)) < 0.7)
+    lengths = rng.integers(0, K, size=50)
+    used = np.arange(K)[None, :] <= lengths[:, None]
+    cdf = integer_cdf_table(w, used)
+    assert cdf.shape == (50, K + 1) and cdf.dtype == np.int32
+    freq = np.diff(cdf.astype(np.int64), axis=1)
+    assert (cdf[:, 0] == 0).all() and (cdf[:, -1] == 1 << 16).all()
+    assert (freq[used] >= 1).all() and (freq[~used] == 0).all()
+    # proportional: floor share plus one, the remainder (< number of used symbols) on the heaviest
+    wu = np.where(used, w, 0)
+    s = wu.sum(1, keepdims=True)
+    k = used.sum(1, keepdims=True)
+    share = np.where(s > 0, wu * ((1 << 16) - k) / np.maximum(s, 1), 1)
+    off = freq - share
+    check = used & (s > 0)  # (all-zero rows are uniform: tested below)
+    assert (np.where(check, off, 1) > -1e-6).all()
+    rest = off.copy()
+    rest[np.arange(50), wu.argmax(1)] = 1
+    assert (np.where(check, rest, 1) <= 1 + 1e-6).all()
+    # the same weights give the same table (integers only)
+    assert np.array_equal(cdf, integer_cdf_table(w.copy(), used.copy()))
+
+
+def test_integer_cdf_table_all_zero_row_is_uniform():
+    cdf = integer_cdf_table(np.zeros((1, 4), dtype=np.int64), np.array([[True, True, True, False]]))
+    assert np.diff(cdf[0]).tolist() == [21846, 21845, 21845, 0]
+
+
+# ====================================================================== block order
+@pytest.mark.parametrize("shape,phases", [((1, 1), 2), ((3, 5), 1), ((3, 5), 2), ((4, 7), 3), ((2, 3), 9)])
+def test_block_order_is_a_permutation_of_whole_rows(shape, phases):
+    h, w = shape
+    order, bounds = block_order(shape, phases)
+    assert sorted(order.tolist()) == list(range(h * w))
+    P = min(phases, w)
+    assert len(bounds) == h * P + 1 and bounds[-1] == h * w
+    for b, (b0, b1) in enumerate(zip(bounds[:-1], bounds[1:])):
+        pos = order[b0:b1]
+        assert (pos // w == b // P).all()  # a block lies in one row
+        assert (pos % w % P == b % P).all()  # and holds one phase of its columns
+
+
+def test_stream_layout_visits_every_symbol_once_block_by_block():
+    C, bounds = 3, [0, 2, 5, 6]
+    pos, idx = stream_layout(C, bounds)
+    assert sorted(pos.tolist()) == list(range(C * 6))
+    col = pos % 6
+    block = np.searchsorted(bounds, col, side="right") - 1
+    assert (idx == block * C + pos // 6).all()
+    assert (np.diff(block) >= 0).all()  # block by block
+
+
+# ====================================================================== encoder tables == decoder tables
+def _base(rng, C, K, lengths):
+    f = rng.integers(1, 5000, size=(C, K))
+    f = np.where(np.arange(K)[None, :] <= lengths[:, None], f, 0)
+    f[np.arange(C), lengths] += (1 << 16) - f.sum(1)  # the escape takes the rest
+    return f
+
+
+@pytest.mark.parametrize("phases", [1, 2, 3])
+@pytest.mark.parametrize("alpha,decay", [(1, 0), (16, 154), (64, 256)])
+def test_all_blocks_at_once_equals_block_by_block(phases, alpha, decay):
+    rng = np.random.default_rng(phases * 7 + alpha)
+    C, h, w, K = 5, 6, 9, 8
+    lengths = rng.integers(1, K, size=C)
+    offsets = rng.integers(-4, 0, size=C)
+    base = np.clip(_base(rng, C, K, lengths), 1, None) * (np.arange(K)[None, :] <= lengths[:, None])
+    base[np.arange(C), lengths] += (1 << 16) - base.sum(1)
+    symbols = rng.integers(-7, 7, size=(C, h, w))  # some outside each support: escapes
+    tables, bits, ordered, bounds = adapted_tables(symbols, base, offsets, lengths, alpha, decay, phases)
+    order, _ = block_order((h, w), phases)
+    assert np.array_equal(ordered, symbols.reshape(C, -1)[:, order])
+    # the decoder's recurrence, one block at a time
+    setup = _Setup(base, lengths, alpha, decay)
+    counts = np.zeros((C, K), dtype=np.int64)
+    expect_bits = np.zeros(C)
+    for b, (b0, b1) in enumerate(zip(bounds[:-1], bounds[1:])):
+        t = setup.tables(counts)
+        assert np.array_equal(tables[b], t), f"block {b}"
+        rel = table_indexes(ordered[:, b0:b1], offsets, lengths)
+        f = np.take_along_axis(t, rel + 1, 1) - np.take_along_axis(t, rel, 1)
+        expect_bits += (16 - np.log2(f)).sum(1)
+        hist = np.stack([np.bincount(r, minlength=K) for r in rel])
+        counts = ((counts * decay) >> 8) + COUNT_ONE * hist
+    assert np.allclose(bits, expect_bits)
+
+
+# ====================================================================== the codec
+def _codec(C=6, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    eb = EntropyBottleneck(C)
+    with torch.no_grad():
+        eb.quantiles[:, 0, 0], eb.quantiles[:, 0, 2] = -8, 8
+    codec = AdaptiveEntropyBottleneckLatentCodec(eb, **kwargs).eval()
+    eb.update(force=True)
+    codec.pdf_model.entropy_bottleneck.update(force=True)
+    return codec
+
+
+def _laplace(shape, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(*shape, generator=g).clamp(1e-7, 1 - 1e-7) - 0.5
+    return -scale * torch.sign(u) * torch.log1p(-2 * u.abs())
+
+
+def _nonstationary(n=1, C=6, h=16, w=24, seed=0):
+    """Top rows nearly constant, bottom rows spread: what one table per image cannot follow."""
+    scale = torch.ones(1, 1, h, 1) * 0.15
+    scale[..., h // 2 :, :] = 3.0
+    return _laplace((n, C, h, w), scale, seed)
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (16, 24)])
+def test_round_trip_is_exact(shape, fallback):
+    codec = _codec(fallback_static=fallback)
+    y = _nonstationary(2, 6, *shape, seed=sum(shape))
+    y[0, 0, 0, 0] = 40.0  # beyond the static support: an escape
+    y[1, 1, -1, -1] = -300.0  # beyond the histogram's bins: the radius is capped at B/2
+    with torch.no_grad():
+        enc = codec.compress(y)
+        dec = codec.decompress(enc["strings"], enc["shape"])
+    assert torch.equal(dec["y_hat"], enc["y_hat"])
+    assert torch.equal(enc["y_hat"], torch.round(y - codec._medians().view(1, -1, 1, 1)) + codec._medians().view(1, -1, 1, 1))
+    if not fallback:
+        assert all(s[0] == MODE_ADAPTIVE | MODE_BACKWARD for s in enc["strings"][1])
+
+
+def test_actual_bits_match_the_tables_exact_cost():
+    """No escapes: the y string is the tables' exact bits plus at most the coder's flush."""
+    codec = _codec(fallback_static=False)
+    y = _nonstationary(1, 6, 32, 48, seed=3).clamp(-7, 7)
+    sym = codec._symbols(y)[0]
+    with torch.no_grad():
+        enc = codec.compress(y)
+        a_cdf, a_len, a_off = codec.adaptive_tables(codec._unpack_side(enc["strings"][1][0][HEADER + 1 :]))
+    bits, _ = codec._backward_plan(sym, (a_cdf[0], a_len, a_off), codec._static_tables(), codec._radius(sym))
+    est = float(bits()[0].sum())
+    actual = 8 * len(enc["strings"][0][0])
+    assert est - 32 <= actual <= est + 64, (est, actual)
+
+
+def test_beats_the_per_image_bound_on_nonstationary_latents():
+    """One exact table per image at zero cost (the ideal bound) cannot follow rows; backward adaptation can."""
+    y = _nonstationary(1, 6, 32, 48, seed=4)
+    sizes = {}
+    for name, kwargs in {"backward": {}, "ideal": dict(ideal=True), "static": dict(enable_adaptive=False)}.items():
+        codec = _codec(**kwargs)
+        with torch.no_grad():
+            enc = codec.compress(y)
+        sizes[name] = len(enc["strings"][0][0]) + (len(enc["strings"][1][0]) if name == "backward" else 0)
+    assert sizes["backward"] < 0.9 * sizes["ideal"] < 0.9 * sizes["static"], sizes
+
+
+def test_same_input_same_bytes_and_state_dict_round_trip():
+    model = MODELS["bmshj2018-factorized-pdf"](N=8, M=16).eval()
+    model.update(force=True)
+    x = torch.rand(1, 3, 128, 192, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        enc = model.compress(x)
+        a, shape = enc["strings"], enc["shape"]
+        b = model.compress(x.clone())["strings"]
+    assert a == b and a[1][0][0] & MODE_BACKWARD
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    torch.manual_seed(99)
+    fresh = MODELS["bmshj2018-factorized-pdf"](N=8, M=16).eval()
+    fresh.load_state_dict(torch.load(buf))
+    fresh.update(force=True)
+    with torch.no_grad():
+        assert fresh.compress(x)["strings"] == a
+        assert torch.equal(fresh.decompress(a, shape)["x_hat"], model.decompress(a, shape)["x_hat"])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fallback_picks_the_cheapest_family(seed):
+    """With the fallback, backward adaptation on can only help: never above the fixed-table codec or the static one."""
+    y = _laplace((1, 6, 12, 20), 1.5, seed) if seed % 2 else _nonstationary(1, 6, 12, 20, seed)
+    total = {}
+    for name, kwargs in {
+        "both": {},
+        "fixed": dict(backward_adaptation=False),
+        "backward_only": dict(fallback_static=False),
+        "static": dict(enable_adaptive=False),
+    }.items():
+        codec = _codec(seed=seed, **kwargs)
+        with torch.no_grad():
+            enc = codec.compress(y)
+        total[name] = len(enc["strings"][0][0]) + len(enc["strings"][1][0])
+        if name == "both":
+            mode = enc["strings"][1][0][0]
+            assert torch.equal(codec.decompress(enc["strings"], enc["shape"])["y_hat"], enc["y_hat"])
+    assert total["both"] <= min(total["fixed"], total["backward_only"], total["static"] + HEADER), total
+    if seed % 2 == 0:
+        assert mode & MODE_BACKWARD  # rows differ: adaptation pays
+
+
+def test_stationary_static_latent_keeps_fixed_static_tables():
+    """A latent whose channels are constant at the median: the static tables already code it for
+    almost nothing, the fallback keeps them (no adaptation, no side bytes)."""
+    codec = _codec(fallback_static=True)
+    y = codec._medians().view(1, -1, 1, 1).expand(1, 6, 8, 8).clone()
+    with torch.no_grad():
+        enc = codec.compress(y)
+    assert enc["strings"][1][0][0] in (MODE_STATIC, MODE_STATIC | MODE_BACKWARD)
+    assert torch.equal(codec.decompress(enc["strings"], enc["shape"])["y_hat"], enc["y_hat"])
+
+
+def test_adaptation_config_is_checked():
+    for bad in (dict(adapt_alpha=0), dict(adapt_decay=1.5), dict(adapt_decay=-0.1), dict(adapt_phases=0)):
+        with pytest.raises(ValueError, match="adapt_alpha"):
+            AdaptiveEntropyBottleneckLatentCodec(channels=4, **bad)
