@@ -7,9 +7,12 @@ latent bitstream (``bpp_y``).
 
 Coding modes of an adaptive model (same weights, same frozen transforms):
 
-* ``adaptive``: the paper's codec (with the encoder's static fallback if enabled);
+* ``adaptive``: the paper's codec, with the extensions the model enables (by
+  default the static fallback and backward adaptation);
 * ``static``: the plain static entropy bottleneck (``enable_adaptive=False``), the baseline;
-* ``ideal``: ``p̂ = p`` at zero side cost, the bound; its ``bpp`` is the latent rate alone.
+* ``ideal``: ``p̂ = p`` at zero side cost, the bound for one table per image;
+  its ``bpp`` is the latent rate alone. (Backward adaptation, which follows
+  the statistics within the image, can go below it.)
 """
 
 from __future__ import annotations

@@ -36,6 +36,14 @@ Modes:
   adaptive codec is then never worse than the static bottleneck, and a
   channel whose distribution the pdf model gets wrong costs no more than its
   static rate.
+* ``backward_adaptation=True`` (beyond the paper, :mod:`encdist.backward`):
+  starting from the table the mode picked (static, ``p̂`` or per-channel
+  mixed), each channel's table follows the symbols already coded, half a
+  latent row at a time, with integer arithmetic on both sides. One table per
+  image cannot follow statistics that change across the image; this can,
+  at no side cost, and beats even the per-image ideal bound on photographs.
+  With the fallback on, the encoder also keeps the fixed tables when they
+  are cheaper (flag ``MODE_BACKWARD`` in the mode byte).
 
 Side-stream layout (adaptive and ideal modes), per image::
 
@@ -43,6 +51,8 @@ Side-stream layout (adaptive and ideal modes), per image::
     payload = pdf strings                                  (MODE_ADAPTIVE)
             = channel flags, ceil(C/8) bytes + pdf strings  (MODE_MIXED; bit set: adaptive)
             = nothing                                       (MODE_STATIC)
+    with MODE_BACKWARD (0x10) set in the mode byte, the payload starts with one
+    more byte, the largest symbol magnitude of the image (the tables' radius).
 
 The checksum covers the *decoded symbols*, so the decoder detects truncated
 or corrupted streams, streams of a model of another configuration, and also
@@ -506,42 +516,43 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         out = []
         for y_string, pdf_string in zip(y_strings, pdf_strings):
             if not self.enable_adaptive:
-                cdf, lengths, offsets = s_cdf, s_len, s_off
-            else:
-                if len(pdf_string) < _HEADER.size:
-                    raise BitstreamError(f"pdf stream: {len(pdf_string)} bytes is shorter than its header")
-                mode, crc = _HEADER.unpack_from(pdf_string)
-                payload = bytes(pdf_string[_HEADER.size:])
-                base, backward = mode & ~MODE_BACKWARD, bool(mode & MODE_BACKWARD)
-                if base not in (MODE_STATIC, MODE_ADAPTIVE, MODE_MIXED):
-                    raise BitstreamError(f"pdf stream: unknown coding mode {mode} (corrupt stream?)")
-                if self.ideal and (base == MODE_MIXED or backward):
-                    raise BitstreamError(f"{_MISMATCH} (coding mode {mode} is never written in ideal mode)")
-                if backward:
-                    if not payload or payload[0] > self.num_bins // 2:
-                        raise BitstreamError(f"pdf stream: missing or invalid symbol radius ({_MISMATCH})")
-                    radius, payload = payload[0], payload[1:]
-                use = torch.zeros(self.channels, dtype=torch.bool)
-                a_cdf = None
-                if base == MODE_STATIC:
-                    cdf, lengths, offsets = s_cdf, s_len, s_off
-                else:
-                    try:
-                        use = self._unpack_mask(payload) if base == MODE_MIXED else ~use
-                        p_hat = self._unpack_side(payload[self._mask_bytes():] if base == MODE_MIXED else payload)
-                    except BitstreamError as e:
-                        raise BitstreamError(f"{_MISMATCH} ({e})") from None
-                    a_cdf, a_len, a_off = self.adaptive_tables(p_hat)
-                    cdf, lengths, offsets = self._mixed_tables(use, (a_cdf[0], a_len, a_off), (s_cdf, s_len, s_off))
-            if self.enable_adaptive and backward:
-                tables = [(s_cdf, s_off)] + ([] if a_cdf is None else [(a_cdf[0], a_off)])
+                out.append(decode_with_indexes(y_string, indexes, s_cdf, s_len, s_off, "y stream"))
+                continue
+            if len(pdf_string) < _HEADER.size:
+                raise BitstreamError(f"pdf stream: {len(pdf_string)} bytes is shorter than its header")
+            mode, crc = _HEADER.unpack_from(pdf_string)
+            payload = bytes(pdf_string[_HEADER.size:])
+            base, backward = mode & ~MODE_BACKWARD, bool(mode & MODE_BACKWARD)
+            if base not in (MODE_STATIC, MODE_ADAPTIVE, MODE_MIXED):
+                raise BitstreamError(f"pdf stream: unknown coding mode {mode} (corrupt stream?)")
+            if self.ideal and (base == MODE_MIXED or backward):
+                raise BitstreamError(f"{_MISMATCH} (coding mode {mode} is never written in ideal mode)")
+            rest = payload
+            if backward:
+                if not rest or rest[0] > self.num_bins // 2:
+                    raise BitstreamError(f"pdf stream: missing or invalid symbol radius ({_MISMATCH})")
+                radius, rest = rest[0], rest[1:]
+            # Per channel: start from the adaptive table (``use``) or the static one.
+            use = torch.full((self.channels,), base != MODE_STATIC)
+            adaptive = None
+            if base != MODE_STATIC:
+                try:
+                    if base == MODE_MIXED:
+                        use, rest = self._unpack_mask(rest), rest[self._mask_bytes():]
+                    a_cdf, a_len, a_off = self.adaptive_tables(self._unpack_side(rest))
+                except BitstreamError as e:
+                    raise BitstreamError(f"{_MISMATCH} ({e})") from None
+                adaptive = (a_cdf[0], a_len, a_off)
+            if backward:
+                tables = [(s_cdf, s_off)] + ([] if adaptive is None else [(adaptive[0], adaptive[2])])
                 freqs, lo, length = self._base_freqs(tables, radius)
-                base_freq = freqs[0] if a_cdf is None else np.where(use.numpy()[:, None], freqs[1], freqs[0])
+                base_freq = freqs[0] if adaptive is None else np.where(use.numpy()[:, None], freqs[1], freqs[0])
                 decoder = StreamDecoder(y_string, self.channels * shape[0] * shape[1], "y stream")
                 sym = torch.from_numpy(decode_adapted(decoder, shape, base_freq, lo, length, *self._adapt_params()))
             else:
-                sym = decode_with_indexes(y_string, indexes, cdf, lengths, offsets, "y stream")
-            if self.enable_adaptive and _HEADER.unpack(self._header(mode, bytes(pdf_string[_HEADER.size:]), sym, len(y_string)))[1] != crc:
+                tables = (s_cdf, s_len, s_off) if adaptive is None else self._mixed_tables(use, adaptive, (s_cdf, s_len, s_off))
+                sym = decode_with_indexes(y_string, indexes, *tables, "y stream")
+            if _HEADER.unpack(self._header(mode, payload, sym, len(y_string)))[1] != crc:
                 raise BitstreamError(_MISMATCH)
             out.append(sym)
         symbols = torch.stack(out).to(device)
