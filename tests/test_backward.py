@@ -65,6 +65,21 @@ def test_integer_cdf_table_all_zero_row_is_uniform():
     assert np.diff(cdf[0]).tolist() == [21846, 21845, 21845, 0]
 
 
+def test_adapter_tables_are_integer_cdf_tables():
+    """The adapter's shortcut gives exactly integer_cdf_table of its weights."""
+    rng = np.random.default_rng(7)
+    C, K = 9, 10
+    lengths = rng.integers(0, K, size=C)
+    used = np.arange(K)[None, :] <= lengths[:, None]
+    base = np.where(used, rng.integers(1, 9000, size=(C, K)), 0)
+    setup = _Setup(base, lengths, 16, 154)
+    for _ in range(20):
+        counts = np.where(used, rng.integers(0, 10**5, size=(3, C, K)) * (rng.random((3, C, K)) < 0.5), 0)
+        w = setup.prior + counts * (1 << 16) // COUNT_ONE
+        assert np.array_equal(setup.tables(counts), integer_cdf_table(w, used))
+        assert np.array_equal(setup.tables(counts[1]), integer_cdf_table(w[1], used))
+
+
 # ====================================================================== block order
 @pytest.mark.parametrize("shape,phases", [((1, 1), 2), ((3, 5), 1), ((3, 5), 2), ((4, 7), 3), ((2, 3), 9)])
 def test_block_order_is_a_permutation_of_whole_rows(shape, phases):
@@ -79,13 +94,16 @@ def test_block_order_is_a_permutation_of_whole_rows(shape, phases):
         assert (pos % w % P == b % P).all()  # and holds one phase of its columns
 
 
-def test_stream_layout_visits_every_symbol_once_block_by_block():
-    C, bounds = 3, [0, 2, 5, 6]
-    pos, idx = stream_layout(C, bounds)
-    assert sorted(pos.tolist()) == list(range(C * 6))
-    col = pos % 6
+@pytest.mark.parametrize("shape,phases", [((2, 3), 2), ((3, 4), 1), ((1, 5), 3)])
+def test_stream_layout_visits_every_symbol_once_block_by_block(shape, phases):
+    C = 3
+    pos, idx = stream_layout(C, *shape, phases)
+    _, bounds = block_order(shape, phases)
+    n = bounds[-1]
+    assert sorted(pos.tolist()) == list(range(C * n))
+    col = pos % n
     block = np.searchsorted(bounds, col, side="right") - 1
-    assert (idx == block * C + pos // 6).all()
+    assert (np.array(idx) == block * C + pos // n).all()
     assert (np.diff(block) >= 0).all()  # block by block
 
 

@@ -32,6 +32,7 @@ encoder codes all blocks in one rANS call, the decoder decodes block by block
 
 from __future__ import annotations
 
+import functools
 from typing import List, Tuple
 
 import numpy as np
@@ -57,17 +58,20 @@ def integer_cdf_table(weights: np.ndarray, used: np.ndarray, precision: int = PR
     """
     total = 1 << precision
     used = np.broadcast_to(used, weights.shape)
-    w = np.where(used, np.maximum(weights, 0), 0).astype(np.int64)
+    w = np.where(used, np.maximum(weights, 0), 0).astype(np.int64, copy=False)
     s = w.sum(-1, keepdims=True)
-    # A row of zero weights (impossible with a base table, but be safe) becomes uniform.
-    w = np.where(used & (s == 0), 1, w)
-    s = w.sum(-1, keepdims=True)
+    if (s == 0).any():
+        # A row of zero weights (impossible with a base table, but be safe) becomes uniform.
+        w = np.where(used & (s == 0), 1, w)
+        s = w.sum(-1, keepdims=True)
     k = used.sum(-1, keepdims=True)
-    freq = np.where(used, 1 + (w * (total - k)) // s, 0)
-    top = w.argmax(-1)[..., None]
-    np.put_along_axis(freq, top, np.take_along_axis(freq, top, -1) + total - freq.sum(-1, keepdims=True), -1)
-    cdf = np.zeros(freq.shape[:-1] + (freq.shape[-1] + 1,), dtype=np.int32)
-    np.cumsum(freq, -1, out=cdf[..., 1:])
+    freq = (w * (total - k)) // s + used
+    K = w.shape[-1]
+    flat = freq.reshape(-1, K)
+    rows = np.arange(len(flat))
+    flat[rows, w.reshape(-1, K).argmax(1)] += total - flat.sum(1)
+    cdf = np.zeros(freq.shape[:-1] + (K + 1,), dtype=np.int32)
+    np.cumsum(flat.reshape(freq.shape), -1, out=cdf[..., 1:])
     return cdf
 
 
@@ -89,7 +93,7 @@ def block_order(shape: Tuple[int, int], phases: int) -> Tuple[np.ndarray, List[i
 def table_indexes(values: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Table index of each symbol value, ``(C, m)``: ``value - offset``, or ``length`` (the escape) outside the support."""
     rel = values - offsets.reshape(-1, 1)
-    esc = np.broadcast_to(lengths.reshape(-1, 1), rel.shape)
+    esc = lengths.reshape(-1, 1)
     return np.where((rel < 0) | (rel >= esc), esc, rel)
 
 
@@ -100,7 +104,11 @@ class _Setup:
         self.lengths = np.asarray(lengths, dtype=np.int64)
         K = base_freq.shape[-1]
         self.used = np.arange(K)[None, :] <= self.lengths[:, None]
-        self.prior = np.where(self.used, np.asarray(base_freq, dtype=np.int64) * int(alpha), 0)
+        # The base tables give every used symbol a frequency >= 1, so every row's weight is positive
+        # and zero exactly where unused: ``tables`` can skip integer_cdf_table's guards (same result).
+        self.prior = np.where(self.used, np.maximum(np.asarray(base_freq, dtype=np.int64), 1) * int(alpha), 0)
+        self.share = (1 << PRECISION) - self.used.sum(-1, keepdims=True)  # what is left after 1 per used symbol
+        self.used_i = self.used.astype(np.int64)
         self.decay = int(decay)
 
     def next_counts(self, counts: np.ndarray, hist: np.ndarray) -> np.ndarray:
@@ -108,7 +116,15 @@ class _Setup:
         return ((counts * self.decay) >> 8) + COUNT_ONE * hist
 
     def tables(self, counts: np.ndarray) -> np.ndarray:
-        return integer_cdf_table(self.prior + counts * _COUNT_SCALE, self.used)
+        """``integer_cdf_table(prior + counts·scale, used)`` for counts ``(..., C, K)``, with fewer operations."""
+        w = self.prior + counts * _COUNT_SCALE
+        K = w.shape[-1]
+        freq = (w * self.share) // w.sum(-1, keepdims=True) + self.used_i
+        flat = freq.reshape(-1, K)
+        flat[np.arange(len(flat)), w.reshape(-1, K).argmax(1)] += (1 << PRECISION) - flat.sum(1)
+        cdf = np.zeros(freq.shape[:-1] + (K + 1,), dtype=np.int32)
+        np.cumsum(freq, -1, out=cdf[..., 1:])
+        return cdf
 
 
 def adapted_tables(symbols, base_freq, offsets, lengths, alpha: int, decay: int, phases: int):
@@ -142,27 +158,28 @@ def adapted_tables(symbols, base_freq, offsets, lengths, alpha: int, decay: int,
     for b in range(1, nb):
         counts[b] = setup.next_counts(counts[b - 1], hist[b - 1])
     tables = setup.tables(counts)
-    blk = np.broadcast_to(block, rel.shape)
-    ch = np.broadcast_to(chan, rel.shape)
-    freq = tables[blk, ch, rel + 1].astype(np.float64) - tables[blk, ch, rel]
-    bits = (PRECISION - np.log2(freq)).sum(1)
+    freq = np.diff(tables, axis=-1)
+    bits = (hist * (PRECISION - np.log2(np.maximum(freq, 1)))).sum((0, 2))  # (coded symbols have freq >= 1)
     return tables, bits, ordered, bounds
 
 
-def stream_layout(num_channels: int, bounds: List[int]) -> Tuple[np.ndarray, np.ndarray]:
-    """``(positions, indexes)`` of the single rANS call that codes all blocks.
+@functools.lru_cache(maxsize=16)
+def stream_layout(num_channels: int, h: int, w: int, phases: int) -> Tuple[np.ndarray, List[int]]:
+    """``(positions, indexes)`` of the single rANS call that codes all blocks of an ``h×w`` latent.
 
     Symbols go block by block, channel-major within a block: ``positions``
     picks them from the ``(C, h·w)`` coding-order array (flattened),
-    ``indexes`` is ``block · C + channel`` (a row of the stacked tables).
+    ``indexes`` (a list, as the coder takes it) is ``block · C + channel``,
+    a row of the stacked tables. Cached: it depends on the shape only.
     """
+    _, bounds = block_order((h, w), phases)
     n = bounds[-1]
     ch = np.arange(num_channels)[:, None]
     pos, idx = [], []
     for b, (b0, b1) in enumerate(zip(bounds[:-1], bounds[1:])):
         pos.append((ch * n + np.arange(b0, b1)[None, :]).ravel())
         idx.append(np.repeat(b * num_channels + np.arange(num_channels), b1 - b0))
-    return np.concatenate(pos), np.concatenate(idx)
+    return np.concatenate(pos), np.concatenate(idx).tolist()
 
 
 def decode_adapted(decoder, shape: Tuple[int, int], base_freq, offsets, lengths, alpha: int, decay: int,
@@ -178,9 +195,11 @@ def decode_adapted(decoder, shape: Tuple[int, int], base_freq, offsets, lengths,
     sizes = (setup.lengths + 2).tolist()
     offs = offsets.tolist()
     chan = np.arange(C)
+    channel_lists = {m: np.repeat(chan, m).tolist() for m in set(np.diff(bounds).tolist())}
     for b0, b1 in zip(bounds[:-1], bounds[1:]):
-        values = decoder.decode_lists(np.repeat(chan, b1 - b0).tolist(), setup.tables(counts).tolist(), sizes, offs)
-        values = np.asarray(values, dtype=np.int64).reshape(C, b1 - b0)
+        m = b1 - b0
+        values = decoder.decode_lists(channel_lists[m], setup.tables(counts).tolist(), sizes, offs)
+        values = np.fromiter(values, dtype=np.int64, count=C * m).reshape(C, m)
         out[:, order[b0:b1]] = values
         rel = table_indexes(values, offsets, setup.lengths)
         hist = np.bincount((chan[:, None] * K + rel).ravel(), minlength=C * K).reshape(C, K)

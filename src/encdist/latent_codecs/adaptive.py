@@ -453,9 +453,8 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             np.concatenate([sym, sym]), np.concatenate([f_adaptive, f_static]), np.tile(lo, 2), np.tile(length, 2),
             *self._adapt_params(),
         )
-        pos, idx = stream_layout(C, bounds)
+        pos, idx = stream_layout(C, *symbols.shape[-2:], self.adapt_phases)
         values = ordered[:C].ravel()[pos].tolist()
-        idx = idx.tolist()
         nb = len(bounds) - 1
         sizes, offsets = (length + 2).tolist() * nb, lo.tolist() * nb
         bits = torch.from_numpy(bits)
