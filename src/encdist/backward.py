@@ -19,9 +19,14 @@ adaptation costs no bits:
 * ``count_b'`` are the symbol counts of already coded blocks, forgotten by a
   factor ``γ`` per block, so recent rows weigh most.
 * A latent row is split into ``P`` interleaved phases (even then odd columns
-  for ``P = 2``): the second phase already sees its row's first half, which is
-  most of the gain, at ``P`` table builds and range-decoder calls per latent
-  row (not one per symbol).
+  for ``P = 2``): the odd columns are coded with counts that include their
+  row's even columns, their neighbours, which is most of the gain, at ``P``
+  table builds and range-decoder calls per latent row (not one per symbol).
+
+This is a Dirichlet (add-α) estimator with exponential forgetting, the idea
+behind the adaptive probability states of video entropy coders, applied to
+whole per-channel tables. The codec limits the tables to the image's largest
+symbol magnitude (one byte in the side stream), so they stay short.
 
 Everything is integer arithmetic (counts in 1/256 units, floor division), so
 encoder and decoder build the same tables on any platform. Block order, the
