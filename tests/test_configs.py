@@ -288,6 +288,26 @@ def test_plain_model_option_builds_with_base_hp_and_rejects_pdf_hp(compose):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("override", ["hp.adapt_phases=0", "hp.adapt_decay=1.5", "hp.adapt_alpha=0", "hp.refine_steps=-1"])
+def test_invalid_hp_values_are_config_errors(compose, override):
+    from encdist.config.factory import create_model
+    from encdist.errors import ConfigError
+
+    conf = compose("quickstart", override, *SMALL)
+    with pytest.raises(ConfigError, match="invalid hp for model 'bmshj2018-factorized-pdf'") as info:
+        create_model(conf)
+    assert override.split("=")[0].removeprefix("hp.") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_backward_adaptation_options_reach_the_codec(compose):
+    from encdist.config.factory import create_model
+
+    conf = compose("quickstart", "model.pretrained=null", "hp.backward_adaptation=false", "hp.adapt_alpha=8", "hp.adapt_decay=0.5",
+                   "hp.adapt_phases=3", *SMALL)
+    codec = create_model(conf).adaptive_codec
+    assert (codec.backward_adaptation, codec.adapt_alpha, codec.adapt_decay, codec.adapt_phases) == (False, 8, 0.5, 3)
+
+
 @pytest.mark.parametrize(
     "name, criterion",
     [

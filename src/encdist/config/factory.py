@@ -94,6 +94,8 @@ def create_model(conf: DictConfig) -> torch.nn.Module:
         model = cls(**hp)
     except TypeError as e:
         raise ConfigError(f"hp does not fit model {name!r}: {e}") from None
+    except ValueError as e:  # a value the model refuses (e.g. hp.adapt_phases=0)
+        raise ConfigError(f"invalid hp for model {name!r}: {e}") from None
     pre = to_dict(conf.model.get("pretrained"))
     if pre:
         source = pre.get("source")
