@@ -125,7 +125,14 @@ def test_all_blocks_at_once_equals_block_by_block(phases, alpha, decay):
     base = np.clip(_base(rng, C, K, lengths), 1, None) * (np.arange(K)[None, :] <= lengths[:, None])
     base[np.arange(C), lengths] += (1 << 16) - base.sum(1)
     symbols = rng.integers(-7, 7, size=(C, h, w))  # some outside each support: escapes
-    tables, bits, ordered, bounds = adapted_tables(symbols, base, offsets, lengths, alpha, decay, phases)
+    # two starting points at once: the base and a flattened one (both adapt with the same counts)
+    flat = np.where(np.arange(K)[None, :] <= lengths[:, None], 1000, 0)
+    flat[np.arange(C), lengths] += (1 << 16) - flat.sum(1)
+    tables2, bits2, ordered, bounds = adapted_tables(symbols, np.stack([base, flat]), offsets, lengths, alpha, decay, phases)
+    tables, bits = tables2[0], bits2[0]
+    one, one_bits, _, _ = adapted_tables(symbols, base[None], offsets, lengths, alpha, decay, phases)
+    assert np.array_equal(one[0], tables) and np.array_equal(one_bits[0], bits)
+    assert np.array_equal(tables2[1], adapted_tables(symbols, flat[None], offsets, lengths, alpha, decay, phases)[0][0])
     order, _ = block_order((h, w), phases)
     assert np.array_equal(ordered, symbols.reshape(C, -1)[:, order])
     # the decoder's recurrence, one block at a time

@@ -132,39 +132,43 @@ class _Setup:
         return cdf
 
 
-def adapted_tables(symbols, base_freq, offsets, lengths, alpha: int, decay: int, phases: int):
+def adapted_tables(symbols, base_freqs, offsets, lengths, alpha: int, decay: int, phases: int):
     """Encoder side: every block's tables and each channel's exact bits, all blocks at once.
+
+    The counts depend on the symbols only, so several starting points (the
+    static and the transmitted tables) are adapted for the price of one.
 
     Args:
         symbols: ``(C, h, w)`` symbol values of one image.
-        base_freq: ``(C, K)`` integer frequencies of the ``K`` table symbols
-            (index ``lengths[c]`` is channel ``c``'s escape; entries past it
-            are unused), summing to ``2**16``.
+        base_freqs: ``(S, C, K)`` integer frequencies of ``S`` starting
+            tables over the ``K`` table symbols (index ``lengths[c]`` is
+            channel ``c``'s escape; entries past it are unused), each row
+            summing to ``2**16``.
         offsets: ``(C,)`` value of table index 0; ``lengths``: ``(C,)`` in-support symbols.
         alpha: prior strength in pseudo-symbols; decay: retention per block in 1/256.
 
     Returns:
-        ``(tables, bits, ordered, bounds)``: ``(num_blocks, C, K+1)`` int32
-        CDF tables, ``(C,)`` bits under them (escapes' bypass bits left out),
-        ``(C, h·w)`` symbol values in coding order and the block bounds.
+        ``(tables, bits, ordered, bounds)``: ``(S, num_blocks, C, K+1)`` int32
+        CDF tables, ``(S, C)`` bits under them (escapes' bypass bits left
+        out), ``(C, h·w)`` symbol values in coding order and the block bounds.
     """
     symbols, offsets = np.asarray(symbols, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
     C, h, w = symbols.shape
-    setup = _Setup(base_freq, lengths, alpha, decay)
-    K = setup.prior.shape[-1]
+    setups = [_Setup(f, lengths, alpha, decay) for f in base_freqs]
+    K = setups[0].prior.shape[-1]
     order, bounds = block_order((h, w), phases)
     nb = len(bounds) - 1
     ordered = symbols.reshape(C, -1)[:, order]
-    rel = table_indexes(ordered, offsets, setup.lengths)
+    rel = table_indexes(ordered, offsets, setups[0].lengths)
     block = np.repeat(np.arange(nb), np.diff(bounds))[None, :]
     chan = np.arange(C)[:, None]
     hist = np.bincount(((block * C + chan) * K + rel).ravel(), minlength=nb * C * K).reshape(nb, C, K)
     counts = np.zeros((nb, C, K), dtype=np.int64)
     for b in range(1, nb):
-        counts[b] = setup.next_counts(counts[b - 1], hist[b - 1])
-    tables = setup.tables(counts)
+        counts[b] = setups[0].next_counts(counts[b - 1], hist[b - 1])
+    tables = np.stack([setup.tables(counts) for setup in setups])
     freq = np.diff(tables, axis=-1)
-    bits = (hist * (PRECISION - np.log2(np.maximum(freq, 1)))).sum((0, 2))  # (coded symbols have freq >= 1)
+    bits = (hist * (PRECISION - np.log2(np.maximum(freq, 1)))).sum((1, 3))  # (coded symbols have freq >= 1)
     return tables, bits, ordered, bounds
 
 

@@ -447,23 +447,21 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         """Per-channel bits ``(adaptive, static)`` and the encoder of :meth:`_encode_cheapest`, with backward adaptation."""
         C = self.channels
         (f_adaptive, f_static), lo, length = self._base_freqs([(adaptive[0], adaptive[2]), (static[0], static[2])], radius)
-        sym = symbols.numpy()
-        # Both starting points adapted at once: channels are independent.
+        # Both starting points adapted at once (the counts are the same).
         tables, bits, ordered, bounds = adapted_tables(
-            np.concatenate([sym, sym]), np.concatenate([f_adaptive, f_static]), np.tile(lo, 2), np.tile(length, 2),
-            *self._adapt_params(),
+            symbols.numpy(), np.stack([f_adaptive, f_static]), lo, length, *self._adapt_params()
         )
         pos, idx = stream_layout(C, *symbols.shape[-2:], self.adapt_phases)
-        values = ordered[:C].ravel()[pos].tolist()
+        values = ordered.ravel()[pos].tolist()
         nb = len(bounds) - 1
         sizes, offsets = (length + 2).tolist() * nb, lo.tolist() * nb
         bits = torch.from_numpy(bits)
 
         def encode(use: Tensor) -> bytes:
-            t = np.where(use.numpy()[None, :, None], tables[:, :C], tables[:, C:]).reshape(nb * C, -1)
+            t = np.where(use.numpy()[None, :, None], tables[0], tables[1]).reshape(nb * C, -1)
             return encode_lists(values, idx, t.tolist(), sizes, offsets)
 
-        return (lambda: (bits[:C], bits[C:])), encode
+        return (lambda: (bits[0], bits[1])), encode
 
     def _channel_bits(self, symbols: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor) -> Tensor:
         """Bits of each channel of ``symbols`` (``(C, h, w)``) under integer tables; out-of-support symbols count as escapes."""
