@@ -78,7 +78,6 @@ from torch import Tensor
 
 from encdist.backward import adapted_tables, decode_adapted, stream_layout
 from encdist.coding import (
-    PRECISION,
     StreamDecoder,
     decode_with_indexes,
     encode_lists,
