@@ -56,39 +56,22 @@ class AdaptiveModelMixin:
 
     def _init_adaptive(
         self,
-        num_bins: int = 256,
-        bound_factor: float = 0.75,
-        enable_adaptive: bool = True,
-        ideal: bool = False,
-        fallback_static: bool = True,
         pdf_N: int | None = None,
         pdf_M: int | None = None,
         pdf_kernel_size: int = 15,
         pdf_groups: int = 8,
-        refine_steps: int = 0,
-        refine_lr: float = 0.05,
-        backward_adaptation: bool = True,
-        adapt_alpha: int = 16,
-        adapt_decay: float = 0.6,
-        adapt_phases: int = 2,
+        **codec_kwargs,
     ) -> None:
+        """Replace the static bottleneck by the adaptive codec around it.
+
+        ``pdf_*`` size the distribution codec; every other keyword
+        (``num_bins``, ``fallback_static``, ``backward_adaptation``, …) goes to
+        :class:`AdaptiveEntropyBottleneckLatentCodec`, whose signature holds the
+        defaults (an unknown one is a ``TypeError``, reported as a config error).
+        """
         eb = self._modules.pop("entropy_bottleneck")
         pdf = {"N": pdf_N, "M": pdf_M, "kernel_size": pdf_kernel_size, "groups": pdf_groups}
-        self.adaptive_codec = AdaptiveEntropyBottleneckLatentCodec(
-            entropy_bottleneck=eb,
-            num_bins=num_bins,
-            bound_factor=bound_factor,
-            enable_adaptive=enable_adaptive,
-            ideal=ideal,
-            fallback_static=fallback_static,
-            pdf_model=pdf,
-            refine_steps=refine_steps,
-            refine_lr=refine_lr,
-            backward_adaptation=backward_adaptation,
-            adapt_alpha=adapt_alpha,
-            adapt_decay=adapt_decay,
-            adapt_phases=adapt_phases,
-        )
+        self.adaptive_codec = AdaptiveEntropyBottleneckLatentCodec(entropy_bottleneck=eb, pdf_model=pdf, **codec_kwargs)
 
     @property
     def entropy_bottleneck(self):
