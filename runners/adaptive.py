@@ -50,7 +50,7 @@ class AdaptiveDistributionRunner(BaseRunner):
 
     def _cacheable(self) -> bool:
         model = self.raw_model
-        return self.latent_cache and hasattr(model, "g_a") and model.is_frozen("g_a") and not hasattr(model, "h_a")
+        return self.latent_cache and getattr(model, "latent_input", False) and model.is_frozen("g_a")
 
     def _forward(self, x, training: bool):
         model = self.raw_model

@@ -35,6 +35,30 @@ class NonFiniteLossError(EncdistError, FloatingPointError):
     """Too many consecutive training steps had a NaN or infinite loss."""
 
 
+def _gather_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Every rank's infer rows, in rank order (on every rank), renumbered."""
+    import torch.distributed as dist
+
+    shards: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(shards, rows)
+    merged = [dict(r) for shard in shards for r in shard]
+    for i, r in enumerate(merged):
+        r["index"] = i
+    return merged
+
+
+def _average_gradients(params) -> None:
+    """Average the gradients of ``params`` over the ranks (missing ones count as zero)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad.div_(world)
+
+
 class BaseRunner(dl.Runner):
     """Trains a CompressAI model with a "net" and an "aux" optimizer.
 
@@ -56,6 +80,7 @@ class BaseRunner(dl.Runner):
         self.log_figures = bool(inf.get("figures", False))
         self.infer_every = int(inf.get("every_n_epochs", 0))
         self.nonfinite_steps = 0
+        self.train_steps = 0  # optimizer steps taken (restored on resume)
         self._consecutive_nonfinite = 0
         self.best_valid = math.inf
         self.resumed_from: str | None = None
@@ -98,7 +123,7 @@ class BaseRunner(dl.Runner):
             if key not in state:
                 raise CheckpointError(f"checkpoint {path} is not a runner checkpoint (no {key!r})")
         try:
-            self.model.load_state_dict(state["model_state_dict"])
+            self.raw_model.load_state_dict(state["model_state_dict"])  # every rank loads the same weights
         except RuntimeError as e:
             raise CheckpointError(f"checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from None
         for key, opt in self.optimizer.items():
@@ -118,6 +143,7 @@ class BaseRunner(dl.Runner):
         self.epoch_step = int(state["epoch"])
         self.best_valid = float(state.get("best_valid", math.inf))
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.train_steps = int(state.get("train_steps", 0))
         self.resumed_from = str(path)
 
     # ------------------------------------------------------------------ loaders
@@ -148,7 +174,13 @@ class BaseRunner(dl.Runner):
     def on_loader_end(self, runner):
         for k, meter in self.meters.items():
             self.loader_metrics[k] = meter.compute()[0]
-        if self.is_infer_loader and self.infer_rows:
+        if self.engine.is_ddp:
+            # Each rank saw its shard: average the loader means over ranks (equal shards,
+            # accelerate evens them out) and bring the infer rows to rank 0, which writes.
+            self.loader_metrics.update(self.engine.mean_reduce_ddp_metrics(dict(self.loader_metrics)))
+            if self.is_infer_loader:
+                self.infer_rows = _gather_rows(self.infer_rows)
+        if self.is_infer_loader and self.infer_rows and self.engine.is_main_process:
             self._finish_infer()
         super().on_loader_end(runner)
 
@@ -191,6 +223,7 @@ class BaseRunner(dl.Runner):
             params = [p for g in net.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.clip_max_norm)
         net.step()
+        self.train_steps += 1
         values = self._rates(out)
         values["aux_loss"] = self._aux_step()
         self._update_meters(values)
@@ -201,6 +234,8 @@ class BaseRunner(dl.Runner):
             aux = self.optimizer["aux"]
             aux.zero_grad(set_to_none=True)
             aux_loss.backward()
+            if self.engine.is_ddp:  # the aux loss runs outside the DDP wrapper: average its gradients here
+                _average_gradients([p for g in aux.param_groups for p in g["params"]])
             aux.step()
         return float(aux_loss)
 
@@ -224,6 +259,8 @@ class BaseRunner(dl.Runner):
     def _valid_step(self, x) -> None:
         out = self.criterion(self.model(x), x)
         values = self._rates(out)
+        if "mse_loss" in values and values["mse_loss"] > 0:  # PSNR of the (unquantized) forward pass
+            values["psnr"] = -10 * math.log10(values["mse_loss"])
         values["aux_loss"] = float(self.raw_model.aux_loss())
         self._update_meters(values)
 
@@ -290,7 +327,20 @@ class BaseRunner(dl.Runner):
         # the other order would leave a checkpointed epoch without metrics.
         super().on_epoch_end(runner)
         if self.engine.is_main_process:
+            self._append_history()
             self._save_checkpoint(is_best)
+
+    def _append_history(self) -> None:
+        """One JSON line per epoch in ``results/epochs.jsonl``: the loaders' metrics against steps."""
+        import json
+
+        row = {"epoch": self.epoch_step, "train_steps": self.train_steps}
+        for key, values in self.epoch_metrics.items():
+            row.update({f"{key}/{k}": float(v) for k, v in values.items() if isinstance(v, (int, float))})
+        path = Path(self.conf.paths.results) / "epochs.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
     def _save_checkpoint(self, is_best: bool) -> None:
         state = {
@@ -300,6 +350,7 @@ class BaseRunner(dl.Runner):
             "epoch": self.epoch_step,
             "best_valid": self.best_valid,
             "nonfinite_steps": self.nonfinite_steps,
+            "train_steps": self.train_steps,
             "run_hash": self.run_hash,
             "model_name": str(self.conf.model.name),
             "epoch_metrics": {k: dict(v) for k, v in self.epoch_metrics.items()},

@@ -33,7 +33,7 @@ TINY: List[str] = [
     "dataset.valid.settings.patch_size=[64,64]",
 ]
 #: The same for the base model trained first (``+base_overrides=[...]``).
-TINY_BASE: List[str] = TINY + ["~dataset@dataset.infer"]  # the base model's own infer pass is not needed
+TINY_BASE: List[str] = TINY + ["~dataset@dataset.infer", "runner.refit_bottleneck.steps=2"]  # no infer pass needed
 
 LOADERS = ("train", "valid", "infer")
 MODEL_NAME = "bmshj2018-factorized-pdf"
@@ -55,6 +55,12 @@ def make_factorized_checkpoint(path: Path, N: int = TINY_N, M: int = TINY_M, see
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": net.state_dict()}, path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_photo_corpus(monkeypatch, tmp_path_factory):
+    """Hermetic datasets: no photo corpus (``make data``) unless a test makes one or sets ENCDIST_DATASETS."""
+    monkeypatch.setenv("ENCDIST_DATASETS", str(tmp_path_factory.getbasetemp() / "no-datasets"))
 
 
 @pytest.fixture(scope="session")

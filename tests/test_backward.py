@@ -27,6 +27,8 @@ from encdist.backward import (
     stream_layout,
     table_indexes,
 )
+from encdist.bitstream import parse_side
+from encdist.coding import static_tables
 from encdist.latent_codecs import MODE_ADAPTIVE, MODE_BACKWARD, MODE_STATIC, AdaptiveEntropyBottleneckLatentCodec
 
 HEADER = 5
@@ -198,9 +200,10 @@ def test_actual_bits_match_the_tables_exact_cost():
     sym = codec._symbols(y)[0]
     with torch.no_grad():
         enc = codec.compress(y)
-        a_cdf, a_len, a_off = codec.adaptive_tables(codec._unpack_side(enc["strings"][1][0][HEADER + 1 :]))
-    bits, _ = codec._backward_plan(sym, (a_cdf[0], a_len, a_off), codec._static_tables(), codec._radius(sym))
-    est = float(bits()[0].sum())
+        side = parse_side(enc["strings"][1][0], codec.channels, codec.num_bins)
+        a_cdf, a_len, a_off = codec.adaptive_tables(codec._unpack_side(side.pdf, ideal=False))
+    family = codec._backward_family(sym, (a_cdf[0], a_len, a_off), static_tables(codec.entropy_bottleneck))
+    est = float(family.bits()[0].sum())
     actual = 8 * len(enc["strings"][0][0])
     assert est - 32 <= actual <= est + 64, (est, actual)
 

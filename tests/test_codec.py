@@ -29,6 +29,8 @@ from encdist.latent_codecs import (
     MODE_STATIC,
     AdaptiveEntropyBottleneckLatentCodec,
 )
+from encdist.bitstream import pack_mask, unpack_mask
+from encdist.coding import mixed_tables
 from encdist.losses import AdaptiveRateDistortionLoss
 
 MODEL_NAMES = ["bmshj2018-factorized-pdf", "bmshj2018-hyperprior-pdf", "mbt2018-mean-pdf"]
@@ -442,13 +444,9 @@ def test_fallback_choice_is_exact_on_borderline_latents(ideal):
 def test_fallback_picks_adaptive_when_it_pays(fitted):
     model, y = fitted
     codec = model.adaptive_codec
-    codec.fallback_static = True
-    try:
-        with torch.no_grad():
-            enc = codec.compress(y)
-            static = AdaptiveEntropyBottleneckLatentCodec(codec.entropy_bottleneck, enable_adaptive=False).compress(y)
-    finally:
-        codec.fallback_static = False
+    with torch.no_grad():
+        enc = codec.compress(y, codec.options.replace(fallback_static=True))
+        static = AdaptiveEntropyBottleneckLatentCodec(codec.entropy_bottleneck, enable_adaptive=False).compress(y)
     assert all(s[0] in (MODE_ADAPTIVE, MODE_MIXED) for s in enc["strings"][1])
     assert nbytes(enc["strings"]) < nbytes(static["strings"])
     assert nbytes(enc["strings"]) <= nbytes(codec.compress(y)["strings"])  # never above the adaptive-only codec
@@ -469,14 +467,10 @@ def test_per_channel_fallback_codes_each_channel_with_its_cheaper_table(fitted, 
         narrow = eb._get_medians().view(1, -1, 1, 1) + (torch.rand_like(y) < 0.02).float()
         y2 = torch.where(odd.view(1, -1, 1, 1), static_like, narrow)
     pure = {}
-    try:
-        for fb in (False, True):
-            codec.fallback_static = fb
-            with torch.no_grad():
-                pure[fb] = codec.compress(y2)
-        static = AdaptiveEntropyBottleneckLatentCodec(eb, enable_adaptive=False).compress(y2)
-    finally:
-        codec.fallback_static = False
+    for fb in (False, True):
+        with torch.no_grad():
+            pure[fb] = codec.compress(y2, codec.options.replace(fallback_static=fb))
+    static = AdaptiveEntropyBottleneckLatentCodec(eb, enable_adaptive=False).compress(y2)
     enc = pure[True]
     modes = [s[0] for s in enc["strings"][1]]
     record_property("modes_and_bytes", (modes, nbytes(enc["strings"]), nbytes(pure[False]["strings"]), nbytes(static["strings"])))
@@ -519,12 +513,9 @@ def test_refinement_never_costs_more_round_trips_and_is_deterministic(fitted, re
     assert all((g is None and q.grad is None) or torch.equal(g, q.grad) for g, q in zip(grads, pm.parameters()))
 
     plain = codec.compress(y)
-    codec.refine_steps = 25
-    try:
-        a = codec.compress(y)
-        b = codec.compress(y.clone())
-    finally:
-        codec.refine_steps = 0
+    refined = codec.options.replace(refine_steps=25)
+    a = codec.compress(y, refined)
+    b = codec.compress(y.clone(), refined)
     assert a["strings"] == b["strings"]
     # the decoder does not know about refinement
     assert torch.equal(codec.decompress(a["strings"], a["shape"])["y_hat"], a["y_hat"])
@@ -537,16 +528,15 @@ def test_refinement_never_costs_more_round_trips_and_is_deterministic(fitted, re
 def test_channel_flags_and_mixed_tables(C):
     """Flags round-trip for any channel count; mixed tables take each row from the flagged table set."""
     torch.manual_seed(C)
-    codec = AdaptiveEntropyBottleneckLatentCodec(channels=C).eval()
     use = torch.rand(C) < 0.5
-    packed = codec._pack_mask(use)
+    packed = pack_mask(use.numpy())
     assert len(packed) == math.ceil(C / 8)
-    assert torch.equal(codec._unpack_mask(packed + b"payload"), use)
+    assert torch.equal(torch.from_numpy(unpack_mask(packed + b"payload", C)), use)
     with pytest.raises(BitstreamError, match="channel flags"):
-        codec._unpack_mask(packed[:-1])
+        unpack_mask(packed[:-1], C)
     a = (torch.randint(0, 99, (C, 7)), torch.full((C,), 7), torch.full((C,), -3))
     s_ = (torch.randint(0, 99, (C, 4)), torch.full((C,), 4), torch.full((C,), -1))
-    cdf, lengths, offsets = codec._mixed_tables(use, a, s_)
+    cdf, lengths, offsets = mixed_tables(use, a, s_)
     for c in range(C):
         src = a if use[c] else s_
         w = src[0].shape[-1]
@@ -762,11 +752,11 @@ def test_forged_checksums_still_decode_safely(streams):
 def test_ideal_mode_corrupt_payload_raises():
     codec = AdaptiveEntropyBottleneckLatentCodec(channels=8, ideal=True).eval()
     with pytest.raises(BitstreamError, match="ideal-mode"):
-        codec._unpack_side(b"not zlib")
+        codec._unpack_side(b"not zlib", ideal=True)
     import zlib
 
     with pytest.raises(BitstreamError, match="wrong size"):
-        codec._unpack_side(zlib.compress(bytes(12)))
+        codec._unpack_side(zlib.compress(bytes(12)), ideal=True)
 
 
 # ====================================================================== loss

@@ -23,7 +23,7 @@ from conftest import TINY_M, TINY_N, make_factorized_checkpoint
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RUN_HASH = "0123456789abcdef01234567"
-TOP_LEVEL = ("quickstart", "example_adaptive", "base_quickstart")
+TOP_LEVEL = ("quickstart", "example_adaptive", "base_factorized")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SMALL = [f"hp.N={TINY_N}", f"hp.M={TINY_M}"]
 
@@ -81,12 +81,13 @@ def test_compose_fixture_matches_hydra(compose):
     """The cached composition gives what a plain ``hydra.compose`` gives."""
     from hydra import compose as hydra_compose
 
-    overrides = ["hp=factorized_pdf_high", "hp.quality=7", "~criterion.target_size", "+optimizer.net.eps=1e-6",
+    overrides = ["hp=factorized_pdf", "hp.quality=7", "~criterion.target_size", "+optimizer.net.eps=1e-6",
                  "dataset@dataset.infer=skimage/valid", "dataset.train.settings.patch_size=[64,64]"]
     ours = compose("example_adaptive", *overrides)
     plain = hydra_compose(config_name="example_adaptive", overrides=[f"env.aim.run_hash={RUN_HASH}", *overrides])
     assert OmegaConf.to_container(ours) == OmegaConf.to_container(plain)
     assert ours.criterion.lmbda == plain.criterion.lmbda == pytest.approx(0.0932)
+    assert (ours.hp.N, ours.hp.M) == (plain.hp.N, plain.hp.M) == (192, 320)
 
 
 @pytest.fixture(autouse=True)
@@ -165,11 +166,15 @@ def test_top_level_config_resolves_validates_and_builds(compose, name, tmp_path)
     assert int(conf.engine.num_epochs) >= 1
 
 
-def test_quickstart_trains_on_the_base_model_base_quickstart_exports(compose):
-    quick, base = compose("quickstart"), compose("base_quickstart")
+def test_quickstart_freezes_the_committed_transforms_base_factorized_makes(compose):
+    from encdist.recipes.base_family import FAMILY, weights_path
+
+    quick, base = compose("quickstart"), compose("base_factorized")
     assert quick.model.pretrained.source == "checkpoint"
-    assert quick.model.pretrained.train_if_missing == "base_quickstart"
-    assert quick.model.pretrained.path == quick.paths.pretrained == base.export.path
+    assert quick.model.pretrained.train_if_missing == "base_factorized"
+    assert quick.model.pretrained.path == quick.paths.pretrained == str(weights_path(quick.hp.quality))
+    assert quick.hp.quality in {s.quality for s in FAMILY}
+    assert quick.criterion.lmbda == base.criterion.lmbda  # the same quality picks the same lambda
     assert base.model.name == "bmshj2018-factorized" and base.model.pretrained is None
     assert (quick.hp.N, quick.hp.M) == (base.hp.N, base.hp.M), "frozen transforms must fit"
     assert list(quick.model.freeze) == ["g_a", "g_s", "entropy_bottleneck"]
@@ -198,6 +203,8 @@ def test_example_adaptive_quality_picks_lambda(compose, quality):
     validate_config(conf)
     assert conf.criterion.lmbda == QUALITY_LMBDA[quality]
     assert conf.model.pretrained.quality == quality
+    # the zoo's architecture of that quality, or its weights do not fit
+    assert (conf.hp.N, conf.hp.M) == ((128, 192) if quality <= 5 else (192, 320))
 
 
 def test_example_adaptive_default_is_quality_3(compose):
@@ -205,14 +212,6 @@ def test_example_adaptive_default_is_quality_3(compose):
     assert conf.hp.quality == 3 and conf.criterion.lmbda == pytest.approx(0.0067)
     conf = compose("example_adaptive", "hp.quality=3")
     assert conf.criterion.lmbda == pytest.approx(0.0067)
-
-
-def test_example_adaptive_high_rate_hp(compose):
-    conf = compose("example_adaptive", "hp=factorized_pdf_high")
-    assert (conf.hp.quality, conf.hp.N, conf.hp.M) == (6, 192, 320)
-    assert conf.criterion.lmbda == pytest.approx(0.0483)
-    conf = compose("example_adaptive", "hp=factorized_pdf_high", "hp.quality=8")
-    assert conf.criterion.lmbda == pytest.approx(0.18) and conf.model.pretrained.quality == 8
 
 
 @pytest.mark.parametrize("quality", ["9", "0", "abc"])
@@ -228,14 +227,18 @@ def test_example_adaptive_bad_quality_is_config_error(compose, quality):
 
 
 # ----------------------------------------------------------------------------- group options
-@pytest.mark.parametrize("hp", ["factorized_pdf", "factorized_pdf_high"])
-@pytest.mark.parametrize("name", ["quickstart", "example_adaptive"])
-def test_hp_options_build_the_model(compose, name, hp):
+@pytest.mark.parametrize(
+    "name, overrides, expected",
+    [("quickstart", [], None), ("example_adaptive", [], (128, 192)), ("example_adaptive", ["hp.quality=6"], (192, 320))],
+    ids=["quickstart", "example_adaptive-q3", "example_adaptive-q6"],
+)
+def test_hp_options_build_the_model(compose, name, overrides, expected):
+    """example_adaptive: the zoo's architecture of hp.quality; quickstart: the sizes it sets."""
     from encdist.config.factory import create_model
 
-    conf = compose(name, f"hp={hp}", "model.pretrained=null")
-    expected = {"quickstart": (conf.hp.N, conf.hp.M), "example_adaptive": {"factorized_pdf": (128, 192), "factorized_pdf_high": (192, 320)}[hp]}[name]
-    assert (conf.hp.N, conf.hp.M) == expected
+    conf = compose(name, "hp=factorized_pdf", "model.pretrained=null", *overrides)
+    if expected is not None:
+        assert (conf.hp.N, conf.hp.M) == expected
     # full sizes are cheap enough to build once (no weights loaded)
     model = create_model(conf)
     assert model.adaptive_codec.entropy_bottleneck.channels == conf.hp.M
@@ -278,7 +281,7 @@ def test_plain_model_option_builds_with_base_hp_and_rejects_pdf_hp(compose):
     from encdist.config.factory import create_model
     from encdist.errors import ConfigError
 
-    conf = compose("base_quickstart", *SMALL)
+    conf = compose("base_factorized", *SMALL)
     model = create_model(conf)
     assert type(model) is FactorizedPrior
     assert all(p.requires_grad for p in model.parameters())
@@ -305,7 +308,7 @@ def test_backward_adaptation_options_reach_the_codec(compose):
     conf = compose("quickstart", "model.pretrained=null", "hp.backward_adaptation=false", "hp.adapt_alpha=8", "hp.adapt_decay=0.5",
                    "hp.adapt_phases=3", *SMALL)
     codec = create_model(conf).adaptive_codec
-    assert (codec.backward_adaptation, codec.adapt_alpha, codec.adapt_decay, codec.adapt_phases) == (False, 8, 0.5, 3)
+    assert (codec.options.backward_adaptation, codec.adaptation.alpha, codec.adaptation.decay, codec.adaptation.phases) == (False, 8, 0.5, 3)
 
 
 @pytest.mark.parametrize(
@@ -313,8 +316,8 @@ def test_backward_adaptation_options_reach_the_codec(compose):
     [
         ("quickstart", "AdaptiveRateDistortionLoss"),
         ("example_adaptive", "AdaptiveRateDistortionLoss"),
-        ("base_quickstart", "RateDistortionLoss"),
-        ("base_quickstart", "AdaptiveRateDistortionLoss"),
+        ("base_factorized", "RateDistortionLoss"),
+        ("base_factorized", "AdaptiveRateDistortionLoss"),
     ],
 )
 def test_criterion_options_build_and_compute(compose, name, criterion):
@@ -323,7 +326,7 @@ def test_criterion_options_build_and_compute(compose, name, criterion):
     conf = compose(name, f"criterion={criterion}", "criterion.lmbda=0.01")
     crit = create_criterion(conf)
     assert type(crit).__name__ == criterion and crit.lmbda == pytest.approx(0.01)
-    model = _small_model(compose("quickstart") if criterion.startswith("Adaptive") else compose("base_quickstart"))
+    model = _small_model(compose("quickstart") if criterion.startswith("Adaptive") else compose("base_factorized"))
     x = torch.rand(2, 3, 64, 64)
     out = crit(model(x), x)
     assert torch.isfinite(out["loss"])

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,4 +175,124 @@ def test_cli_errors(tmp_path, reference_dir, capsys):
     _one_line_error(capsys.readouterr().err)
     assert main([str(reference_dir / STATIC)]) == 2  # --out missing
     assert "--out" in _one_line_error(capsys.readouterr().err)
+    assert not list(tmp_path.glob("rd*"))
+
+
+# ---------------------------------------------------------------- curves of one name, Aim runs
+
+
+def test_curves_sharing_a_name_are_told_apart(tmp_path, capsys):
+    from encdist.results import distinct_names
+
+    for folder in ("a", "b"):
+        save_results(tmp_path / folder / "mine.json", "mine", {"bpp": [0.1, 0.2], "psnr-rgb": [28.0, 30.0]})
+    save_results(tmp_path / "a" / "other.json", "mine", {"bpp": [0.15], "psnr-rgb": [29.0]})
+    files = [str(tmp_path / "a" / "mine.json"), str(tmp_path / "b" / "mine.json"), str(tmp_path / "a" / "other.json")]
+    curves = [load_results(f) for f in files]
+    distinct_names([(c, (Path(f).stem, f)) for c, f in zip(curves, files)])
+    # the stems do not tell the two mine.json apart: their paths do
+    assert [c["name"] for c in curves] == [f"mine ({files[0]})", f"mine ({files[1]})", f"mine ({files[2]})"]
+
+    a, b = {"name": "x", "results": {}}, {"name": "x", "results": {}}
+    distinct_names([(a, ("exp1",)), (b, ("exp2",)), ({"name": "y"}, ("exp1",))])
+    assert (a["name"], b["name"]) == ("x (exp1)", "x (exp2)")
+
+    assert main([*files, "--out", str(tmp_path / "rd.svg")]) == 0
+    svg = (tmp_path / "rd.svg").read_text()
+    for f in files:
+        assert f"mine ({f})" in svg
+
+
+@pytest.fixture(scope="module")
+def aim_repo(tmp_path_factory):
+    """An Aim repository with runs as ``compressai-train`` logs them (AimLogger, loader "infer").
+
+    Experiment ``sweep``: four λ of ``m-pdf`` with the static and ideal baselines (the
+    adaptive rate 8 % below the static one), each with an earlier infer pass at step 1
+    that must not count; ``other``: one λ of ``m-pdf``; ``base``: a run without infer
+    metrics (skipped).
+    """
+    from types import SimpleNamespace
+
+    from encdist.aim_logger import AimLogger
+
+    repo = tmp_path_factory.mktemp("aim") / "aim"
+    lmbdas = [0.0035, 0.0067, 0.013, 0.025]
+
+    def log(experiment, lmbda, infer):
+        with AimLogger(str(repo), experiment=experiment) as logger:
+            logger.log_hparams({"model": {"name": "m-pdf"}, "criterion": {"lmbda": lmbda}})
+            for step, metrics in enumerate(infer, start=1):
+                epoch = {"train": {"loss": 1.0 / step}}
+                if metrics:
+                    epoch["infer"] = metrics
+                logger.log_metrics(epoch, scope="epoch", runner=SimpleNamespace(epoch_step=step))
+
+    def point(i, scale=1.0):
+        static = 0.2 * (i + 1)
+        psnr = 28.0 + 2 * i
+        return {
+            "bpp": 0.92 * static * scale, "psnr-rgb": psnr, "bpp_y": 0.91 * static, "bpp_pdf": 0.01 * static,
+            "bpp_static": static, "psnr-rgb_static": psnr, "bpp_ideal": 0.93 * static, "psnr-rgb_ideal": psnr,
+        }
+
+    for i, lmbda in enumerate(lmbdas):
+        log("sweep", lmbda, [point(i, scale=3.0), point(i)])
+    log("other", 0.0067, [point(1, scale=0.5)])
+    log("base", 0.0067, [None])
+    return SimpleNamespace(path=repo, lmbdas=lmbdas, point=point)
+
+
+def test_load_aim_curves(aim_repo):
+    from encdist.results import load_aim_curves
+
+    curves = {(c["meta"]["experiment"], c["name"]): c for c in load_aim_curves(aim_repo.path)}
+    assert set(curves) == {(e, f"m-pdf{s}") for e in ("sweep", "other") for s in ("", "-static", "-ideal")}
+    sweep = curves[("sweep", "m-pdf")]["results"]
+    assert sweep["criterion.lmbda"] == pytest.approx(aim_repo.lmbdas)
+    # the last infer pass of each run, sorted by rate
+    assert sweep["bpp"] == pytest.approx([aim_repo.point(i)["bpp"] for i in range(4)])
+    assert curves[("sweep", "m-pdf-static")]["results"]["bpp"] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert "bpp_static" not in sweep and "bpp_y" in sweep and "bpp_y" not in curves[("sweep", "m-pdf-static")]["results"]
+    assert len(curves[("sweep", "m-pdf")]["meta"]["runs"]) == 4
+
+    only = load_aim_curves(aim_repo.path, 'run.experiment == "other"')
+    assert {c["name"] for c in only} == {"m-pdf", "m-pdf-static", "m-pdf-ideal"}
+    assert load_aim_curves(aim_repo.path, "run.hparams.criterion.lmbda > 1") == []
+
+
+def test_cli_aim_repo(tmp_path, aim_repo, capsys):
+    from encdist.results import load_aim_curves
+
+    out = tmp_path / "rd.html"
+    assert main(["--aim_repo", str(aim_repo.path), "--out", str(out)]) == 0
+    page = out.read_text()
+    for name in ("m-pdf (sweep)", "m-pdf (other)", "m-pdf-static (sweep)", "m-pdf-ideal (other)"):
+        assert name in page, name
+
+    # one experiment: no suffix; BD-rate against the static curve written to a file
+    static = next(c for c in load_aim_curves(aim_repo.path, 'run.experiment == "sweep"') if c["name"] == "m-pdf-static")
+    anchor = tmp_path / "static.json"
+    save_results(anchor, "static", static["results"])
+    capsys.readouterr()
+    code = main(["--aim_repo", str(aim_repo.path), "-q", 'run.experiment == "sweep"', "--out", str(tmp_path / "bd.png"),
+                 "--anchor", str(anchor)])
+    assert code == 0, capsys.readouterr().err
+    with open(tmp_path / "bd_bd.csv", newline="") as f:
+        rows = {row["name"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"m-pdf", "m-pdf-static", "m-pdf-ideal"}
+    assert float(rows["m-pdf"]["BD-rate PSNR [%]"]) == pytest.approx(-8.0, abs=0.01)
+    assert float(rows["m-pdf-ideal"]["BD-rate PSNR [%]"]) == pytest.approx(-7.0, abs=0.01)
+
+
+def test_cli_aim_errors(tmp_path, aim_repo, capsys):
+    out = str(tmp_path / "rd.png")
+    assert main(["--aim_repo", str(tmp_path / "nowhere"), "--out", out]) == 2
+    assert "no Aim repository" in _one_line_error(capsys.readouterr().err)
+    assert main(["--aim_repo", str(aim_repo.path), "-q", "run.experiment ==", "--out", out]) == 2
+    assert "Aim query" in _one_line_error(capsys.readouterr().err)
+    assert main(["-q", "run.experiment == 'x'", "--out", out]) == 2
+    assert "--aim_repo" in _one_line_error(capsys.readouterr().err)
+    assert main(["--out", out]) == 2
+    assert "nothing to plot" in _one_line_error(capsys.readouterr().err)
     assert not list(tmp_path.glob("rd*"))

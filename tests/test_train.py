@@ -229,10 +229,11 @@ def test_aim_up_serves_the_training_metrics(trained, tmp_path):
 
 # ----------------------------------------------------------------------------- base model first
 def test_quickstart_trains_the_base_model_first(tmp_path):
+    """Frozen transforms missing: ``model.pretrained.train_if_missing`` (base_factorized) trains them first."""
     root = tmp_path / "root"
-    base_ckpt = root / "base" / "bmshj2018-factorized-quickstart.pth"
-    proc = train_cli(root, *TINY, base_overrides_arg(TINY_BASE), "runner.inference.figures=false")
-    assert "training them first with --config-name=base_quickstart" in proc.stdout
+    base_ckpt = root / "base" / "bmshj2018-factorized-missing.pth"
+    proc = train_cli(root, *TINY, f"paths.pretrained={base_ckpt}", base_overrides_arg(TINY_BASE), "runner.inference.figures=false")
+    assert "training them first with --config-name=base_factorized" in proc.stdout
     assert base_ckpt.is_file()
     base = _load(base_ckpt)
     assert base["model_name"] == "bmshj2018-factorized"
@@ -242,7 +243,7 @@ def test_quickstart_trains_the_base_model_first(tmp_path):
     assert set(runs) == {"bmshj2018-factorized", MODEL_NAME}
     base_conf = yaml.safe_load((runs["bmshj2018-factorized"] / "configs" / "config.yaml").read_text())
     assert base_conf["export"]["path"] == str(base_ckpt)
-    assert base_conf["engine"]["num_epochs"] == 1 and base_conf["hp"] == {"N": 16, "M": 32}
+    assert base_conf["engine"]["num_epochs"] == 1 and (base_conf["hp"]["N"], base_conf["hp"]["M"]) == (16, 32)
     assert _load(runs["bmshj2018-factorized"] / "checkpoints" / "runner.last.pth")["epoch"] == 1
 
     # the distribution codec ran on the exported transforms, frozen
@@ -256,7 +257,7 @@ def test_quickstart_trains_the_base_model_first(tmp_path):
     import aim
 
     experiments = {aim.Repo(str(root / "aim")).get_run(h).experiment for h in hashes}
-    assert experiments == {"base_quickstart", "quickstart"}
+    assert experiments == {"base_factorized", "quickstart"}
 
 
 # ----------------------------------------------------------------------------- eval and plot

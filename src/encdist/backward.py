@@ -37,14 +37,23 @@ encoder codes all blocks in one rANS call, the decoder decodes block by block
 
 from __future__ import annotations
 
-import functools
-from typing import List, Tuple
+from dataclasses import dataclass
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
-from encdist.coding import PRECISION
+from encdist.bitstream import block_order, stream_layout
+from encdist.coding import PRECISION, BufferedEncoder
 
-__all__ = ["adapted_tables", "block_order", "decode_adapted", "integer_cdf_table", "stream_layout", "table_indexes"]
+__all__ = [
+    "BackwardAdaptation",
+    "adapted_tables",
+    "block_order",
+    "decode_adapted",
+    "integer_cdf_table",
+    "stream_layout",
+    "table_indexes",
+]
 
 #: Fixed-point unit of the decayed counts (one symbol adds this much).
 COUNT_ONE = 256
@@ -78,21 +87,6 @@ def integer_cdf_table(weights: np.ndarray, used: np.ndarray, precision: int = PR
     cdf = np.zeros(freq.shape[:-1] + (K + 1,), dtype=np.int32)
     np.cumsum(flat.reshape(freq.shape), -1, out=cdf[..., 1:])
     return cdf
-
-
-def block_order(shape: Tuple[int, int], phases: int) -> Tuple[np.ndarray, List[int]]:
-    """Coding order of the ``h·w`` latent positions and the block boundaries in it.
-
-    Row by row; within a row, phase ``φ`` holds columns ``φ, φ+P, …``.
-    Returns ``(order, bounds)``: ``order[i]`` is the flat position coded
-    ``i``-th, block ``b`` is ``order[bounds[b]:bounds[b+1]]``.
-    """
-    h, w = shape
-    P = max(1, min(int(phases), w))
-    cols = [np.arange(phi, w, P) for phi in range(P)]
-    order = np.concatenate([r * w + c for r in range(h) for c in cols])
-    bounds = np.concatenate([[0], np.cumsum([len(c) for _ in range(h) for c in cols])]).tolist()
-    return order, bounds
 
 
 def table_indexes(values: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -172,25 +166,6 @@ def adapted_tables(symbols, base_freqs, offsets, lengths, alpha: int, decay: int
     return tables, bits, ordered, bounds
 
 
-@functools.lru_cache(maxsize=16)
-def stream_layout(num_channels: int, h: int, w: int, phases: int) -> Tuple[np.ndarray, List[int]]:
-    """``(positions, indexes)`` of the single rANS call that codes all blocks of an ``h×w`` latent.
-
-    Symbols go block by block, channel-major within a block: ``positions``
-    picks them from the ``(C, h·w)`` coding-order array (flattened),
-    ``indexes`` (a list, as the coder takes it) is ``block · C + channel``,
-    a row of the stacked tables. Cached: it depends on the shape only.
-    """
-    _, bounds = block_order((h, w), phases)
-    n = bounds[-1]
-    ch = np.arange(num_channels)[:, None]
-    pos, idx = [], []
-    for b, (b0, b1) in enumerate(zip(bounds[:-1], bounds[1:])):
-        pos.append((ch * n + np.arange(b0, b1)[None, :]).ravel())
-        idx.append(np.repeat(b * num_channels + np.arange(num_channels), b1 - b0))
-    return np.concatenate(pos), np.concatenate(idx).tolist()
-
-
 def decode_adapted(decoder, shape: Tuple[int, int], base_freq, offsets, lengths, alpha: int, decay: int,
                    phases: int) -> np.ndarray:
     """Decoder side: ``(C, h, w)`` symbol values, decoded block by block from a :class:`~encdist.coding.StreamDecoder`."""
@@ -199,7 +174,7 @@ def decode_adapted(decoder, shape: Tuple[int, int], base_freq, offsets, lengths,
     C, K = setup.prior.shape
     h, w = shape
     order, bounds = block_order((h, w), phases)
-    out = np.empty((C, h * w), dtype=np.int64)
+    out = np.empty((C, h * w), dtype=np.int32)
     counts = np.zeros((C, K), dtype=np.int64)
     sizes = (setup.lengths + 2).tolist()
     offs = offsets.tolist()
@@ -208,9 +183,161 @@ def decode_adapted(decoder, shape: Tuple[int, int], base_freq, offsets, lengths,
     for b0, b1 in zip(bounds[:-1], bounds[1:]):
         m = b1 - b0
         values = decoder.decode_lists(channel_lists[m], setup.tables(counts).tolist(), sizes, offs)
-        values = np.fromiter(values, dtype=np.int64, count=C * m).reshape(C, m)
+        values = np.fromiter(values, dtype=np.int32, count=C * m).reshape(C, m)
         out[:, order[b0:b1]] = values
         rel = table_indexes(values, offsets, setup.lengths)
         hist = np.bincount((chan[:, None] * K + rel).ravel(), minlength=C * K).reshape(C, K)
         counts = setup.next_counts(counts, hist)
     return out.reshape(C, h, w)
+
+
+#: Memory the encoder's block tables may take at once (bytes, estimated): larger latents
+#: are planned and coded in bands of latent rows, with the same bytes.
+TABLE_BUDGET = 64 << 20
+
+
+@dataclass(frozen=True)
+class BackwardAdaptation:
+    """The codec's backward adaptation: parameters, base tables, encoder plan and decoder.
+
+    Args:
+        alpha: prior strength of the starting table, in pseudo-symbols.
+        decay: share of the counts kept from one block to the next (rounded to 1/256).
+        phases: interleaved phases (blocks) per latent row.
+        budget: bytes the encoder's tables may take at once (:data:`TABLE_BUDGET`).
+    """
+
+    alpha: int = 16
+    decay: float = 0.6
+    phases: int = 2
+    budget: int = TABLE_BUDGET
+
+    def __post_init__(self):
+        if int(self.alpha) < 1 or not 0 <= float(self.decay) <= 1 or int(self.phases) < 1:
+            raise ValueError(
+                f"need adapt_alpha >= 1, 0 <= adapt_decay <= 1 and adapt_phases >= 1, "
+                f"got {self.alpha!r}, {self.decay!r}, {self.phases!r}"
+            )
+
+    @property
+    def params(self) -> Tuple[int, int, int]:
+        """``(alpha, decay in 1/256, phases)``: what encoder and decoder must share (fingerprinted)."""
+        return int(self.alpha), round(float(self.decay) * 256), int(self.phases)
+
+    @staticmethod
+    def radius(symbols, num_bins: int) -> int:
+        """Largest symbol magnitude of the image, sent in one byte (at most ``B/2``)."""
+        a = np.asarray(symbols)
+        return min(int(np.abs(a).max()) if a.size else 0, num_bins // 2)
+
+    @staticmethod
+    def support(lo: np.ndarray, length: np.ndarray, radius: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Coded range per channel: the fixed tables' support within ``±radius``."""
+        lo, length = np.asarray(lo, dtype=np.int64), np.asarray(length, dtype=np.int64)
+        hi = lo + length - 1
+        b_lo = np.clip(-radius, lo, hi)
+        b_hi = np.clip(radius, b_lo, hi)
+        return b_lo, b_hi - b_lo + 1
+
+    def base_freqs(self, tables: Sequence[Tuple[np.ndarray, np.ndarray]], lo, length, radius: int):
+        """Integer base frequencies ``(C, K)`` of each ``(cdf, offsets)`` table on the backward support.
+
+        In-support symbols keep the table's frequencies; the escape gets 1, since the
+        image holds no symbol beyond ``±radius`` (a channel whose support is narrower
+        than that may still escape, and can). Returns ``(freqs, lo, length)``.
+        """
+        lo, length = self.support(lo, length, radius)
+        k = np.arange(int(length.max()) + 1)[None, :]
+        out = []
+        for cdf, offsets in tables:
+            cdf = np.asarray(cdf, dtype=np.int64)
+            j = np.clip((lo - np.asarray(offsets, dtype=np.int64))[:, None] + k, 0, cdf.shape[1] - 2)
+            f = np.take_along_axis(cdf, j + 1, 1) - np.take_along_axis(cdf, j, 1)
+            out.append(np.where(k < length[:, None], f, (k == length[:, None]).astype(np.int64)))
+        return out, lo, length
+
+    def _rows_per_band(self, C: int, w: int, K: int, starts: int) -> int:
+        P = max(1, min(self.phases, w))
+        # per latent row: the tables of every start (int32) and their Python lists while coding,
+        # the int64 counts / weights / histograms, and the row's symbols as Python lists.
+        per_row = P * C * (K + 1) * (4 * starts + 40 + 40) + C * w * 80
+        return max(1, int(self.budget) // per_row)
+
+    def plan(self, symbols, base_freqs, offsets, lengths) -> "AdaptedPlan":
+        """Encoder side: exact bits of each channel under each start, and an encoder; see :class:`AdaptedPlan`."""
+        return AdaptedPlan(self, symbols, base_freqs, offsets, lengths)
+
+    def decode(self, decoder, shape, base_freq, offsets, lengths) -> np.ndarray:
+        """Decoder side: ``(C, h, w)`` int32 symbols, block by block (:func:`decode_adapted`)."""
+        return decode_adapted(decoder, shape, base_freq, offsets, lengths, *self.params)
+
+
+class AdaptedPlan:
+    """One image's backward-adapted coding from ``S`` starting tables, in bands of latent rows.
+
+    ``bits`` is ``(S, C)``: each channel's exact bits from each start (escapes' bypass
+    bits left out). ``encode(use)`` codes channel ``c`` from start ``use[c]`` (an int per
+    channel). The counts depend on the symbols only, so all starts adapt for the price of
+    one. A latent whose tables fit the budget is planned in one band and its tables kept
+    for ``encode``; a larger one keeps only the counts at each band's start and rebuilds
+    the band's tables while coding, so memory stays bounded (same bytes either way: the
+    coder buffers every symbol until its flush).
+    """
+
+    def __init__(self, adaptation: BackwardAdaptation, symbols, base_freqs, offsets, lengths):
+        alpha, decay, phases = adaptation.params
+        self.symbols = np.asarray(symbols)
+        C, h, w = self.symbols.shape
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.setups = [_Setup(f, lengths, alpha, decay) for f in base_freqs]
+        self.K = self.setups[0].prior.shape[-1]
+        self.phases = phases
+        rows = adaptation._rows_per_band(C, w, self.K, len(self.setups))
+        self.bands = [(r, min(h, r + rows)) for r in range(0, h, rows)]
+        self.band_counts = []  # counts at each band's start
+        self._cache = None
+        bits = np.zeros((len(self.setups), C))
+        counts = np.zeros((C, self.K), dtype=np.int64)
+        for r0, r1 in self.bands:
+            self.band_counts.append(counts)
+            tables, hist, counts, ordered = self._band(r0, r1, counts)
+            freq = np.diff(tables, axis=-1)
+            bits += (hist * (PRECISION - np.log2(np.maximum(freq, 1)))).sum((1, 3))
+            if len(self.bands) == 1:
+                self._cache = (tables, ordered)
+        self.bits = bits
+
+    def _band(self, r0: int, r1: int, counts: np.ndarray):
+        """Tables ``(S, nb, C, K+1)``, block histograms, the counts after the band, symbols in coding order."""
+        C, _, w = self.symbols.shape
+        K, setup = self.K, self.setups[0]
+        order, bounds = block_order((r1 - r0, w), self.phases)
+        nb = len(bounds) - 1
+        ordered = self.symbols[:, r0:r1].reshape(C, -1)[:, order].astype(np.int64)
+        rel = table_indexes(ordered, self.offsets, setup.lengths)
+        block = np.repeat(np.arange(nb), np.diff(bounds))[None, :]
+        chan = np.arange(C)[:, None]
+        hist = np.bincount(((block * C + chan) * K + rel).ravel(), minlength=nb * C * K).reshape(nb, C, K)
+        band_counts = np.empty((nb, C, K), dtype=np.int64)
+        for b in range(nb):
+            band_counts[b] = counts
+            counts = setup.next_counts(counts, hist[b])
+        tables = np.stack([s.tables(band_counts) for s in self.setups])
+        return tables, hist, counts, ordered
+
+    def encode(self, use) -> bytes:
+        """The y string, channel ``c`` coded from start ``use[c]``."""
+        C, _, w = self.symbols.shape
+        use = np.asarray(use, dtype=np.int64)
+        sizes, offs = (self.setups[0].lengths + 2).tolist(), self.offsets.tolist()
+        enc = BufferedEncoder()
+        for (r0, r1), counts in zip(self.bands, self.band_counts):
+            if self._cache is not None:
+                tables, ordered = self._cache
+            else:
+                tables, _, _, ordered = self._band(r0, r1, counts)
+            nb = tables.shape[1]
+            t = np.take_along_axis(tables, use[None, None, :, None], 0)[0].reshape(nb * C, -1)
+            pos, idx = stream_layout(C, r1 - r0, w, self.phases)
+            enc.add(ordered.ravel()[pos].tolist(), idx, t.tolist(), sizes * nb, offs * nb)
+        return enc.flush()

@@ -23,13 +23,15 @@ Example::
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.interpolate import PchipInterpolator
 
 from encdist.errors import ConfigError
 
-__all__ = ["BD_METHODS", "MIN_POINTS", "bd_rate", "bd_psnr", "validate_curve"]
+__all__ = ["BD_METHODS", "MIN_POINTS", "bd_rate", "bd_psnr", "validate_curve", "gap_share"]
 
 #: Names of the supported curve fits.
 BD_METHODS = ("cubic", "pchip")
@@ -195,3 +197,17 @@ def bd_psnr(
         rate_anchor, dist_anchor, rate_test, dist_test, anchor_name, test_name
     )
     return _bd_mean_difference(lra, da, lrt, dt, method, labels, "rate")
+
+
+def gap_share(change: float | None, ideal_change: float | None) -> float | None:
+    """Share (percent) of the static→ideal gap that a codec closes.
+
+    ``change`` and ``ideal_change`` are rate changes against the same anchor (BD-rates,
+    or rate changes at equal quality, in percent); 100 means the codec matches the
+    ideal bound, more than 100 that it goes below it. None when either is missing or
+    the ideal bound does not change the rate.
+    """
+    ok = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+    if not ok(change) or not ok(ideal_change) or ideal_change == 0:
+        return None
+    return 100.0 * float(change) / float(ideal_change)

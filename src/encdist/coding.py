@@ -20,7 +20,7 @@ Two things CompressAI does not give us:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 from compressai import ans
@@ -32,11 +32,17 @@ __all__ = [
     "PRECISION",
     "quantized_cdf_table",
     "table_bits",
+    "CHUNK_SYMBOLS",
+    "BufferedEncoder",
     "encode_with_indexes",
-    "encode_lists",
     "decode_with_indexes",
     "StreamDecoder",
     "entropy_bottleneck_decompress",
+    "static_tables",
+    "table_support",
+    "pmf_tables",
+    "channel_bits",
+    "mixed_tables",
     "gaussian_conditional_decompress",
 ]
 
@@ -100,20 +106,37 @@ def table_bits(counts: Tensor, cdf: Tensor, precision: int = PRECISION) -> Tenso
     return torch.where(counts > 0, bits, torch.zeros_like(bits)).sum(-1)
 
 
-def encode_with_indexes(symbols: Tensor, indexes: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor) -> bytes:
-    """Range-code one image's symbols; ``indexes`` pick a row of ``cdf`` for each symbol."""
-    return encode_lists(
-        symbols.reshape(-1).int().tolist(),
-        indexes.reshape(-1).int().tolist(),
-        cdf.tolist(),
-        lengths.reshape(-1).int().tolist(),
-        offsets.reshape(-1).int().tolist(),
-    )
+#: Symbols handed to the range coder per call. ``compressai.ans`` takes Python lists
+#: (about 36 bytes an entry): chunks keep that memory bounded whatever the image size,
+#: and give the same bytes as one call (the coder buffers every symbol until ``flush``).
+CHUNK_SYMBOLS = 1 << 20
 
 
-def encode_lists(symbols: list, indexes: list, cdf: list, lengths: list, offsets: list) -> bytes:
-    """:func:`encode_with_indexes` on plain lists (what ``compressai.ans`` takes)."""
-    return ans.RansEncoder().encode_with_indexes(symbols, indexes, cdf, lengths, offsets)
+class BufferedEncoder:
+    """One rANS stream built from several calls, each with its own tables (``compressai.ans``)."""
+
+    def __init__(self):
+        self._enc = ans.BufferedRansEncoder()
+
+    def add(self, symbols: list, indexes: list, cdf: list, lengths: list, offsets: list) -> None:
+        self._enc.encode_with_indexes(symbols, indexes, cdf, lengths, offsets)
+
+    def flush(self) -> bytes:
+        return self._enc.flush()
+
+
+def encode_with_indexes(symbols: Tensor, indexes: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor,
+                        chunk: int = CHUNK_SYMBOLS) -> bytes:
+    """Range-code one image's symbols; ``indexes`` pick a row of ``cdf`` for each symbol.
+
+    Same bytes as CompressAI's ``RansEncoder.encode_with_indexes`` in one call.
+    """
+    sym, idx = symbols.reshape(-1), indexes.reshape(-1)
+    enc = BufferedEncoder()
+    tables, sizes, offs = cdf.tolist(), lengths.reshape(-1).int().tolist(), offsets.reshape(-1).int().tolist()
+    for i in range(0, max(1, sym.numel()), chunk):
+        enc.add(sym[i : i + chunk].int().tolist(), idx[i : i + chunk].int().tolist(), tables, sizes, offs)
+    return enc.flush()
 
 
 class StreamDecoder:
@@ -134,12 +157,16 @@ class StreamDecoder:
         self._decoder = ans.RansDecoder()
         self._decoder.set_stream(bytes(string) + bytes(16 * len(string) + 8 * self.left + 64))
 
-    def decode(self, indexes: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor) -> Tensor:
-        """The next ``indexes.numel()`` symbols, shaped like ``indexes``."""
-        values = self.decode_lists(
-            indexes.reshape(-1).int().tolist(), cdf.tolist(), lengths.reshape(-1).int().tolist(), offsets.reshape(-1).int().tolist()
-        )
-        return torch.tensor(values, dtype=torch.int64).reshape(indexes.shape)
+    def decode(self, indexes: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor, chunk: int = CHUNK_SYMBOLS,
+               dtype: torch.dtype = torch.int64) -> Tensor:
+        """The next ``indexes.numel()`` symbols, shaped like ``indexes``, decoded in bounded chunks."""
+        idx = indexes.reshape(-1)
+        out = torch.empty(idx.numel(), dtype=dtype)
+        tables, sizes, offs = cdf.tolist(), lengths.reshape(-1).int().tolist(), offsets.reshape(-1).int().tolist()
+        for i in range(0, idx.numel(), chunk):
+            part = idx[i : i + chunk]
+            out[i : i + part.numel()] = torch.tensor(self.decode_lists(part.int().tolist(), tables, sizes, offs), dtype=dtype)
+        return out.reshape(indexes.shape)
 
     def decode_lists(self, indexes: list, cdf: list, lengths: list, offsets: list) -> list:
         """:meth:`decode` on plain lists (what ``compressai.ans`` takes), for callers that build them directly."""
@@ -152,10 +179,11 @@ class StreamDecoder:
 
 
 def decode_with_indexes(
-    string: bytes, indexes: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor, what: str = "bitstream"
+    string: bytes, indexes: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor, what: str = "bitstream",
+    dtype: torch.dtype = torch.int64,
 ) -> Tensor:
     """Decode one image's symbols; never reads outside the buffer, whatever ``string`` holds."""
-    return StreamDecoder(string, indexes.numel(), what).decode(indexes, cdf, lengths, offsets)
+    return StreamDecoder(string, indexes.numel(), what).decode(indexes, cdf, lengths, offsets, dtype=dtype)
 
 
 def entropy_bottleneck_decompress(eb, strings: Sequence[bytes], size: Sequence[int], what: str = "bitstream") -> Tensor:
@@ -178,3 +206,52 @@ def gaussian_conditional_decompress(gc, strings: Sequence[bytes], indexes: Tenso
         [decode_with_indexes(s, indexes[i].cpu(), cdf, lengths, offsets, what) for i, s in enumerate(strings)]
     ).to(indexes.device)
     return gc.dequantize(symbols, means, torch.float)
+
+
+# ---------------------------------------------------------------------- per-channel tables
+def static_tables(eb) -> Tuple[Tensor, Tensor, Tensor]:
+    """The static bottleneck's ``(cdf, lengths, offsets)`` on the CPU (after ``update()``)."""
+    if eb._offset.numel() == 0:
+        raise RuntimeError("entropy bottleneck not updated: call model.update() before coding")
+    return eb._quantized_cdf.cpu(), eb._cdf_length.cpu(), eb._offset.cpu()
+
+
+def table_support(eb, num_bins: int) -> Tuple[Tensor, Tensor]:
+    """Coded symbol range per channel, ``(lo, length)``: the static support, clipped to the ``B`` bins."""
+    if eb._offset.numel() == 0:
+        raise RuntimeError("entropy bottleneck not updated: call model.update() before coding")
+    lo = eb._offset.long().cpu().clamp(min=-(num_bins // 2))
+    hi = (eb._offset + eb._cdf_length - 3).long().cpu().clamp(max=num_bins // 2 - 1)
+    hi = torch.maximum(hi, lo)
+    return lo, hi - lo + 1
+
+
+def pmf_tables(p_hat: Tensor, lo: Tensor, length: Tensor, num_bins: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Integer CDF tables ``(n, C, L+2)``, lengths ``(C,)``, offsets ``(C,)`` of per-image pmfs ``p̂`` ``(n, C, B)``."""
+    L = int(length.max())
+    idx = (lo + num_bins // 2).view(1, -1, 1) + torch.arange(L).view(1, 1, -1)
+    idx = idx.clamp(max=num_bins - 1).expand(p_hat.shape[0], -1, -1).to(p_hat.device)
+    pmf = p_hat.double().gather(2, idx)
+    cdf = quantized_cdf_table(pmf, length.view(1, -1).expand(p_hat.shape[0], -1))
+    return cdf.cpu(), (length + 2).int().cpu(), lo.int().cpu()
+
+
+def channel_bits(symbols: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor) -> Tensor:
+    """Bits of each channel of ``symbols`` ``(C, h, w)`` under integer tables; out-of-support symbols count as escapes."""
+    C = symbols.shape[0]
+    K = cdf.shape[-1] - 1
+    escape = (lengths.long() - 2).view(-1, 1)  # index of each table's tail (escape) symbol
+    rel = symbols.reshape(C, -1).long() - offsets.long().view(-1, 1)
+    rel = torch.where((rel < 0) | (rel > escape), escape, rel)
+    counts = torch.zeros(C, K, dtype=torch.long).scatter_add_(1, rel, torch.ones_like(rel))
+    return table_bits(counts, cdf)
+
+
+def mixed_tables(use: Tensor, first, second) -> Tuple[Tensor, Tensor, Tensor]:
+    """Per channel, table set ``first`` where ``use`` is set, ``second`` elsewhere (``(cdf, lengths, offsets)`` each)."""
+    (a_cdf, a_len, a_off), (s_cdf, s_len, s_off) = first, second
+    W = max(a_cdf.shape[-1], s_cdf.shape[-1])
+    a_cdf = torch.nn.functional.pad(a_cdf.to(torch.int32), (0, W - a_cdf.shape[-1]))
+    s_cdf = torch.nn.functional.pad(s_cdf.to(torch.int32), (0, W - s_cdf.shape[-1]))
+    return (torch.where(use.view(-1, 1), a_cdf, s_cdf), torch.where(use, a_len.int(), s_len.int()),
+            torch.where(use, a_off.int(), s_off.int()))

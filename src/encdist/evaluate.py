@@ -13,14 +13,18 @@ Coding modes of an adaptive model (same weights, same frozen transforms):
 * ``ideal``: ``p̂ = p`` at zero side cost, the bound for one table per image;
   its ``bpp`` is the latent rate alone. (Backward adaptation, which follows
   the statistics within the image, can go below it.)
+* ``paper``, ``fallback``, ``static_backward``, ``default``: the other named ways
+  of :data:`encdist.latent_codecs.CODING_MODES` (the benchmark's arms).
+
+Each mode is a :class:`~encdist.latent_codecs.CodingOptions` passed to
+``compress`` / ``decompress``: the model is never changed.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
-from typing import Dict, Iterator, Sequence
+from typing import Dict, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,35 +32,39 @@ from torch import Tensor
 
 from encdist.datasets import crop_padding, pad_to_multiple
 
-__all__ = ["MODES", "coding_mode", "stream_names", "evaluate_image", "psnr", "mean_metrics"]
+__all__ = ["MODES", "stream_names", "coding_options", "evaluate_image", "psnr", "mean_metrics"]
 
+#: The coding modes ``compressai-eval`` and the runner report by default.
 MODES = ("adaptive", "static", "ideal")
 
 
 def stream_names(model, num_streams: int) -> list[str]:
-    """Names of the string lists ``compress`` returns (side streams start with ``pdf``)."""
-    if hasattr(model, "adaptive_codec"):
-        return ["y", "pdf"] if num_streams == 2 else ["y", "z", "pdf"]
+    """Names of the string lists ``compress`` returns (side streams start with ``pdf``).
+
+    A model declares them (``stream_names``, as encdist's models do); for any other
+    CompressAI model the first is ``y`` and the second ``z``.
+    """
+    names = getattr(model, "stream_names", None)
+    if names is not None:
+        if len(names) != num_streams:
+            raise ValueError(f"{type(model).__name__}.compress returned {num_streams} string lists, it declares {list(names)}")
+        return list(names)
     return ["y", "z"][:num_streams] + [f"s{i}" for i in range(2, num_streams)]
 
 
-@contextmanager
-def coding_mode(model, mode: str) -> Iterator[None]:
-    """Temporarily code with ``mode`` (``adaptive``, ``static`` or ``ideal``)."""
-    if mode not in MODES:
-        raise ValueError(f"unknown coding mode {mode!r} (known: {', '.join(MODES)})")
-    codec = getattr(model, "adaptive_codec", None)
-    if codec is None:
+def coding_options(model, mode: str) -> dict:
+    """Keyword arguments of ``compress`` / ``decompress`` that code in ``mode`` (a name of
+    :data:`encdist.latent_codecs.CODING_MODES`); empty for the model's own default."""
+    from encdist.latent_codecs import CODING_MODES
+
+    if mode not in CODING_MODES:
+        raise ValueError(f"unknown coding mode {mode!r} (known: {', '.join(CODING_MODES)})")
+    if not hasattr(model, "adaptive_codec"):
         if mode != "adaptive":
-            raise ValueError(f"{type(model).__name__} has no adaptive codec to switch to {mode!r}")
-        yield
-        return
-    saved = codec.enable_adaptive, codec.ideal
-    codec.enable_adaptive, codec.ideal = mode != "static", mode == "ideal"
-    try:
-        yield
-    finally:
-        codec.enable_adaptive, codec.ideal = saved
+            raise ValueError(f"{type(model).__name__} has no adaptive codec to code in mode {mode!r}")
+        return {}
+    options = CODING_MODES[mode]
+    return {} if options is None else {"options": options}
 
 
 def psnr(a: Tensor, b: Tensor) -> float:
@@ -86,12 +94,12 @@ def evaluate_image(model, x: Tensor, modes: Sequence[str] = ("adaptive",), pad_m
     x_pad, padding = pad_to_multiple(x, pad_multiple)
     results = {}
     for mode in modes:
-        with coding_mode(model, mode):
-            t0 = time.perf_counter()
-            enc = model.compress(x_pad)
-            t1 = time.perf_counter()
-            dec = model.decompress(enc["strings"], enc["shape"])
-            t2 = time.perf_counter()
+        kw = coding_options(model, mode)
+        t0 = time.perf_counter()
+        enc = model.compress(x_pad, **kw)
+        t1 = time.perf_counter()
+        dec = model.decompress(enc["strings"], enc["shape"], **kw)
+        t2 = time.perf_counter()
         x_hat = crop_padding(dec["x_hat"], padding).clamp(0, 1)
         names = stream_names(model, len(enc["strings"]))
         bits = {n: 8 * sum(len(s) for s in ss) / (h * w) for n, ss in zip(names, enc["strings"])}

@@ -1,8 +1,9 @@
 """Frozen pretrained transforms: from ``compressai.zoo`` or from a local checkpoint.
 
 The paper trains only the distribution codec, on top of CompressAI's
-pretrained ``bmshj2018-factorized`` (qualities 1-8). Zoo weights need the
-network; offline, pass a local CompressAI checkpoint (a plain state dict, a
+pretrained ``bmshj2018-factorized`` (qualities 1-8). Zoo weights come from
+torch's hub cache (:func:`zoo_cache_file`) or are downloaded into it; offline,
+without them there, pass a local CompressAI checkpoint (a plain state dict, a
 ``{"state_dict": ...}`` file as CompressAI's example trainer writes, or a
 ``compressai-train`` run checkpoint with ``"model_state_dict"``).
 """
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from encdist.errors import CheckpointError, PretrainedWeightsError
 
-__all__ = ["BASE_MODELS", "load_state_dict_file", "zoo_state_dict", "load_pretrained_into"]
+__all__ = ["BASE_MODELS", "load_state_dict_file", "zoo_cache_file", "zoo_state_dict", "load_pretrained_into"]
 
 #: Adaptive model -> CompressAI parent whose weights it reuses.
 BASE_MODELS = {
@@ -43,8 +44,28 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in ckpt.items()}
 
 
+def zoo_cache_file(base: str, quality: int, metric: str = "mse") -> Path | None:
+    """Where ``compressai.zoo`` keeps (and first looks for) the weights: torch's hub cache.
+
+    ``torch.hub.load_state_dict_from_url`` names the file after the URL's basename, under
+    ``$TORCH_HOME/hub/checkpoints/``, and reads it from there without the network (no hash
+    check: CompressAI does not ask for one). So copying the published file there is the
+    offline way to the zoo weights. ``None`` if the zoo publishes no such weights.
+    """
+    import os
+    from urllib.parse import urlparse
+
+    import torch.hub
+    from compressai.zoo.image import model_urls
+
+    url = model_urls.get(base, {}).get(metric, {}).get(int(quality))
+    if url is None:
+        return None
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
 def zoo_state_dict(base: str, quality: int, metric: str = "mse") -> dict[str, Tensor]:
-    """Pretrained weights of a CompressAI zoo model (downloads them: needs the network)."""
+    """Pretrained weights of a CompressAI zoo model (from torch's hub cache, or downloaded)."""
     from compressai.zoo import image_models
 
     if base not in image_models:
@@ -54,10 +75,12 @@ def zoo_state_dict(base: str, quality: int, metric: str = "mse") -> dict[str, Te
     try:
         net = image_models[base](quality=int(quality), metric=metric, pretrained=True, progress=False)
     except Exception as e:  # urllib/ssl/http errors differ by platform
+        cached = zoo_cache_file(base, quality, metric)
         raise PretrainedWeightsError(
             f"could not fetch pretrained {base} (quality {quality}, {metric}) from the CompressAI zoo "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no network?'}); "
-            "offline, pass a local checkpoint with paths.pretrained=/path/to/checkpoint.pth.tar"
+            + (f"offline, copy the zoo's file to {cached} or " if cached else "offline, ")
+            + "pass a local checkpoint with paths.pretrained=/path/to/checkpoint.pth.tar"
         ) from None
     return net.state_dict()
 

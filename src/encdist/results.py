@@ -36,6 +36,8 @@ __all__ = [
     "ms_ssim_db",
     "needs_derived_db",
     "write_atomic",
+    "load_aim_curves",
+    "distinct_names",
 ]
 
 #: Other keys under which a metric may be stored (CompressAI's ``eval_model``
@@ -215,6 +217,119 @@ def write_atomic(path: PathLike, data: str | bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+#: Coding modes whose values the runner logs beside the model's own as ``<metric>_<mode>``.
+AIM_BASELINES = ("static", "ideal")
+
+
+def load_aim_curves(repo: PathLike, query: str = "", loader: str = "infer") -> list[dict[str, Any]]:
+    """RD curves of the runs in an Aim repository, in the format of :func:`load_results`.
+
+    Every run with metrics of the ``loader`` pass (epoch scope; the last step counts,
+    i.e. the final model) is one RD point, with ``criterion.lmbda`` from its
+    hyper-parameters. Points are grouped into curves by Aim experiment and model
+    name (``hparams.model.name``); the static / ideal values the runner logs beside
+    the adaptive ones (``bpp_static``, ``psnr-rgb_static``, ...) make the curves
+    ``<model>-static`` and ``<model>-ideal``. Columns are the metrics every point has.
+
+    Args:
+        repo: the Aim repository folder (``${paths.aim}``, the one ``aim up --repo`` takes).
+        query: an Aim query selecting runs, e.g. ``run.experiment == "quickstart"``
+            or ``run.hparams.criterion.lmbda < 0.01``; empty: every run. Runs appear
+            once indexed (``compressai-train`` indexes each run it closes).
+
+    Raises:
+        ConfigError: no repository there, or the query is not valid.
+    """
+    from aim import Repo
+    from aim.sdk.types import QueryReportMode
+
+    if not Path(repo, ".aim").is_dir():
+        raise ConfigError(f"no Aim repository at {repo} (no .aim folder)")
+    groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+    try:
+        found = Repo(str(repo)).query_runs(query, report_mode=QueryReportMode.DISABLED)
+        items = list(found.iter_runs())
+    except Exception as e:  # Aim reports a bad query as SyntaxError, NameError, ...
+        raise ConfigError(f"Aim query {query!r} failed: {_first_line(e)}") from None
+    for item in items:
+        run = item.run
+        values = _last_values(run, loader)
+        if "bpp" not in values:
+            continue  # no finished pass of that loader (e.g. a base model without infer set)
+        hparams = _get(run, "hparams") or {}
+        model = str((hparams.get("model") or {}).get("name") or "model")
+        lmbda = (hparams.get("criterion") or {}).get("lmbda")
+        experiment = str(run.experiment or "")
+        suffixes = {f"_{m}" for m in AIM_BASELINES}
+        own = {k: v for k, v in values.items() if not k.endswith(tuple(suffixes))}
+        points = {model: own}
+        for mode in AIM_BASELINES:
+            base = {k[: -len(mode) - 1]: v for k, v in values.items() if k.endswith(f"_{mode}")}
+            if "bpp" in base:
+                points[f"{model}-{mode}"] = base
+        for name, point in points.items():
+            if lmbda is not None:
+                point["criterion.lmbda"] = float(lmbda)
+            groups.setdefault((experiment, name), []).append((run.hash, point))
+    curves = []
+    for (experiment, name), members in sorted(groups.items()):
+        keys = set.intersection(*(set(p) for _, p in members))
+        columns = {k: [p[k] for _, p in members] for k in sorted(keys)}
+        meta = {"aim_repo": str(repo), "experiment": experiment, "runs": [h for h, _ in members], "query": query}
+        curves.append({"name": name, "description": f"Aim runs of {experiment!r}", "meta": meta, "results": sort_by_bpp(columns)})
+    return curves
+
+
+def distinct_names(entries: Sequence[tuple[dict[str, Any], Sequence[str]]]) -> None:
+    """Renames curves that share a name, so that legends and BD tables tell them apart.
+
+    ``entries`` are ``(curve, sources)``, sources from short to long (a results
+    file's stem, then its path; an Aim curve's experiment). Each curve whose name
+    another one has too becomes ``"name (source)"``, with the first source level
+    at which those labels all differ (the longest when none does).
+    """
+    from collections import Counter
+
+    names = [str(curve["name"]) for curve, _ in entries]
+    shared = {n for n, k in Counter(names).items() if k > 1}
+    if not shared:
+        return
+    depth = max(len(s) for (_, s), n in zip(entries, names) if n in shared)
+    for level in range(max(depth, 1)):
+        labels = [
+            f"{n} ({s[min(level, len(s) - 1)]})" if n in shared and len(s) else n
+            for (_, s), n in zip(entries, names)
+        ]
+        if len(set(labels)) == len(labels):
+            break
+    for (curve, _), label in zip(entries, labels):
+        curve["name"] = label
+
+
+def _get(run, key: str):
+    try:
+        return run[key]
+    except KeyError:
+        return None
+
+
+def _last_values(run, loader: str) -> dict[str, float]:
+    """``{metric: value at the last step}`` of the run's ``loader`` metrics (epoch scope)."""
+    out = {}
+    for metric in run.metrics():
+        if metric.context.to_dict() != {"loader": loader, "scope": "epoch"}:
+            continue
+        steps, (values,) = metric.data.view("val").items_list()
+        if len(steps):
+            out[metric.name] = float(values[int(np.argmax(steps))])
+    return out
+
+
+def _first_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
 
 
 def _lookup(results: Mapping[str, Any], keys: Sequence[str]) -> np.ndarray | None:

@@ -8,44 +8,53 @@
     compressai-eval --config-name example_adaptive hp.quality=1 --modes static,ideal
     # another image folder (flat folder of images, e.g. Kodak's kodim*.png)
     compressai-eval RUN --dataset ~/data/kodak
+    # keep what was coded: bitstream files per mode and the decoded images
+    compressai-eval RUN --save-bitstreams --save-reconstructions
 
 Writes, per coding mode, a CompressAI-format results JSON
 (``<out-dir>/<name>-<mode>.json``: ``results`` lists sorted by ``bpp``, one
 entry per run) and the per-image values beside it (``...-per-image.json``).
+With ``--save-bitstreams`` / ``--save-reconstructions``, per run (its Aim hash,
+``env.aim.run_hash``) and image, as CompressAI-Trainer's ``compressai-eval`` keeps them::
+
+    <out-dir>/<name>/<run>/<mode>/<image stem>.bin   # what the decoder read (read_bitstream)
+    <out-dir>/<name>/<run>/<image stem>.png          # the decoded image (the same in every mode)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import struct
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from encdist.errors import CheckpointError, ConfigError, DatasetError, EncdistError
+from encdist.errors import BitstreamError, CheckpointError, ConfigError, DatasetError, EncdistError
 
-__all__ = ["main", "evaluate_runs", "load_run"]
+__all__ = ["main", "evaluate_runs", "load_run", "write_bitstream", "read_bitstream", "decode_bitstream"]
 
 PROG = "compressai-eval"
 
+#: First bytes of :func:`write_bitstream`'s files.
+BIN_MAGIC = b"EDS0"
+
 
 def _find_checkpoint(path: Path) -> Path:
-    if path.is_file():
-        return path
-    for name in ("runner.best.pth", "runner.last.pth"):
-        for cand in (path / "checkpoints" / name, path / name):
-            if cand.is_file():
-                return cand
-    raise CheckpointError(f"no runner checkpoint in {path} (looked for checkpoints/runner.best.pth and runner.last.pth)")
+    """The checkpoint that stands for a run (:class:`encdist.run_folder.RunFolder`: the last epoch's)."""
+    from encdist.run_folder import RunFolder
+
+    return RunFolder(path).checkpoint()
 
 
 def _run_config(ckpt: Path) -> DictConfig:
-    for cand in (ckpt.parent.parent / "configs" / "config.yaml", ckpt.parent / "configs" / "config.yaml"):
-        if cand.is_file():
-            return OmegaConf.load(cand)
-    raise ConfigError(f"no configs/config.yaml beside {ckpt}: cannot tell which model it holds")
+    from encdist.run_folder import RunFolder
+
+    return RunFolder(ckpt).config()
 
 
 def _build(conf: DictConfig, state_dict: Dict[str, Any] | None):
@@ -126,17 +135,174 @@ def iter_images(conf: DictConfig, dataset: str | None) -> Iterable[tuple[str, to
         yield (names[i] if names else f"{i:03d}"), x.unsqueeze(0)
 
 
-def evaluate_runs(runs: List[tuple], modes: Sequence[str], dataset: str | None, pad_multiple: int = 64):
-    """Evaluate ``[(model, conf, desc)]``; returns ``{mode: ([points], [per-image rows])}``."""
+# ------------------------------------------------------------------ bitstream files
+def write_bitstream(path: str | Path, strings, shape, mode: str, padding: Sequence[int]) -> Path:
+    """Writes one image's ``compress`` output to ``path``, atomically.
+
+    A plain container until the codec's own file format is used here (this is the
+    one function to change): ``EDS0``, a big-endian u32 length and a JSON header
+    (``mode``, ``shape``, ``padding``), then per string list a u32 count and per
+    string a u32 length and its bytes. The bytes are exactly those counted in ``bpp``.
+    """
+    from encdist.results import write_atomic
+
+    header = json.dumps({"mode": mode, "shape": _plain_shape(shape), "padding": [int(p) for p in padding]}).encode()
+    parts = [BIN_MAGIC, struct.pack(">I", len(header)), header]
+    for ss in strings:
+        parts.append(struct.pack(">I", len(ss)))
+        for b in ss:
+            parts += [struct.pack(">I", len(b)), bytes(b)]
+    return write_atomic(path, b"".join(parts))
+
+
+def read_bitstream(path: str | Path) -> tuple[dict, List[List[bytes]]]:
+    """``(header, strings)`` of a file of :func:`write_bitstream`; :class:`BitstreamError` if malformed."""
+    data = Path(path).read_bytes()
+    try:
+        if data[:4] != BIN_MAGIC:
+            raise ValueError("not a compressai-eval bitstream file")
+        (n,) = struct.unpack_from(">I", data, 4)
+        header, pos = json.loads(data[8 : 8 + n]), 8 + n
+        if not isinstance(header, dict) or not {"mode", "shape", "padding"} <= header.keys():
+            raise ValueError("header lacks mode, shape or padding")
+        strings = []
+        while pos < len(data):
+            (count,), pos = struct.unpack_from(">I", data, pos), pos + 4
+            ss = []
+            for _ in range(count):
+                (length,), pos = struct.unpack_from(">I", data, pos), pos + 4
+                if pos + length > len(data):
+                    raise ValueError("truncated")
+                ss.append(data[pos : pos + length])
+                pos += length
+            strings.append(ss)
+        return header, strings
+    except struct.error:
+        raise BitstreamError(f"{path}: truncated") from None
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
+        raise BitstreamError(f"{path}: {e}") from None
+
+
+def decode_bitstream(model, path: str | Path) -> torch.Tensor:
+    """The image ``(1, 3, H, W)`` that ``model`` decodes from a file of :func:`write_bitstream`."""
+    from encdist.datasets import crop_padding
+
+    header, strings = read_bitstream(path)
+    kw = {}
+    if hasattr(model, "adaptive_codec"):
+        from encdist.latent_codecs import CODING_MODES
+
+        if CODING_MODES.get(header["mode"]) is not None:
+            kw["options"] = CODING_MODES[header["mode"]]
+    x_hat = model.decompress(strings, header["shape"], **kw)["x_hat"]
+    return crop_padding(x_hat, tuple(header["padding"])).clamp(0, 1)
+
+
+def _plain_shape(shape):
+    if isinstance(shape, (list, tuple)):
+        return [_plain_shape(s) for s in shape]
+    return int(shape)
+
+
+@contextmanager
+def _recording(model) -> Iterator[list]:
+    """What ``compress`` / ``decompress`` return while :func:`~encdist.evaluate.evaluate_image` codes.
+
+    One ``{"enc", "dec"}`` per call, in the order of the modes, so that the files
+    saved are the very bitstreams that were measured (no second encoding).
+    """
+    calls: list = []
+    compress, decompress = model.compress, model.decompress
+
+    def recorded_compress(*args, **kwargs):
+        calls.append({"enc": compress(*args, **kwargs)})
+        return calls[-1]["enc"]
+
+    def recorded_decompress(*args, **kwargs):
+        calls[-1]["dec"] = decompress(*args, **kwargs)
+        return calls[-1]["dec"]
+
+    model.compress, model.decompress = recorded_compress, recorded_decompress
+    try:
+        yield calls
+    finally:
+        del model.compress, model.decompress
+
+
+def _save_png(x: torch.Tensor, path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    from encdist.results import write_atomic
+
+    pixels = (x[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    write_atomic(path, buf.getvalue())
+
+
+def _save_coded(folder: Path, image: str, x: torch.Tensor, modes: Sequence[str], calls: list, pad_multiple: int, bitstreams: bool, reconstructions: bool) -> None:
+    from encdist.datasets import crop_padding, pad_to_multiple
+
+    if len(calls) != len(modes) or any("dec" not in c for c in calls):
+        raise RuntimeError(f"expected one compress and decompress per mode {list(modes)}, saw {len(calls)}")
+    stem = Path(image).stem
+    _, padding = pad_to_multiple(x, pad_multiple)
+    if bitstreams:
+        for mode, call in zip(modes, calls):
+            write_bitstream(folder / mode / f"{stem}.bin", call["enc"]["strings"], call["enc"]["shape"], mode, padding)
+    if reconstructions:  # every mode decodes the same latent: one image
+        _save_png(crop_padding(calls[0]["dec"]["x_hat"], padding), folder / f"{stem}.png")
+
+
+def _run_folders(runs: List[tuple], root: Path) -> List[Path]:
+    """``root/<run hash>`` per run (``-2``, ``-3`` ... when two runs share one)."""
+    folders: List[Path] = []
+    for _, conf, _ in runs:
+        tag = str(conf.env.aim.get("run_hash") or "eval")
+        folder, k = root / tag, 1
+        while folder in folders:
+            k += 1
+            folder = root / f"{tag}-{k}"
+        folders.append(folder)
+    return folders
+
+
+def evaluate_runs(
+    runs: List[tuple],
+    modes: Sequence[str],
+    dataset: str | None,
+    pad_multiple: int = 64,
+    *,
+    save_dir: str | Path | None = None,
+    save_bitstreams: bool = False,
+    save_reconstructions: bool = False,
+    device: str = "cpu",
+):
+    """Evaluate ``[(model, conf, desc)]``; returns ``{mode: ([points], [per-image rows])}``.
+
+    With ``save_bitstreams`` / ``save_reconstructions``, what was coded goes to
+    ``save_dir/<run hash>/`` (see the module).
+    """
     from encdist.evaluate import evaluate_image, mean_metrics
 
+    saving = save_bitstreams or save_reconstructions
+    if saving and save_dir is None:
+        raise ConfigError("saving bitstreams or reconstructions needs a folder (save_dir)")
+    folders = _run_folders(runs, Path(save_dir)) if saving else [None] * len(runs)
     out: Dict[str, tuple[list, list]] = {m: ([], []) for m in modes}
-    for model, conf, desc in runs:
+    for (model, conf, desc), folder in zip(runs, folders):
+        model.to(device)
         model.update(force=True)
         use = [m for m in modes if m == "adaptive" or hasattr(model, "adaptive_codec")]
         rows: Dict[str, list] = {m: [] for m in use}
         for name, x in iter_images(conf, dataset):
-            res = evaluate_image(model, x, modes=use, pad_multiple=pad_multiple)
+            x = x.to(device)
+            with _recording(model) as calls:
+                res = evaluate_image(model, x, modes=use, pad_multiple=pad_multiple)
+            if folder is not None:
+                _save_coded(folder, name, x, use, calls, pad_multiple, save_bitstreams, save_reconstructions)
             for m in use:
                 rows[m].append(dict(res[m], image=name))
         for m in use:
@@ -157,11 +323,20 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--out-dir", default="results", help="where results JSONs go")
     p.add_argument("--name", help="curve name (default: the model name)")
     p.add_argument("--pad-multiple", type=int, default=64)
+    p.add_argument("--save-bitstreams", action="store_true", help="write each image's bitstream per mode: OUT_DIR/NAME/RUN/MODE/IMAGE.bin")
+    p.add_argument("--save-reconstructions", action="store_true", help="write each decoded image: OUT_DIR/NAME/RUN/IMAGE.png")
+    p.add_argument("--device", default="cpu", help="torch device that encodes and decodes (e.g. cuda; default cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: OMP_NUM_THREADS, else the idle cores; see encdist.threads)")
     args = p.parse_args(argv)
     try:
         import encdist  # noqa: F401
         from encdist.evaluate import MODES
         from encdist.results import save_results
+        from encdist.threads import apply_threads
+
+        apply_threads(args.threads, where="--threads")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"--device {args.device}: CUDA is not available here")
 
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         bad = [m for m in modes if m not in MODES]
@@ -173,10 +348,13 @@ def main(argv: List[str] | None = None) -> int:
             runs = [load_run(r) for r in args.runs]
         else:
             raise ConfigError("give run folders / checkpoints, or --config-name NAME [overrides]")
-        with torch.no_grad():
-            results = evaluate_runs(runs, modes, args.dataset, args.pad_multiple)
         name = args.name or str(runs[0][1].model.name)
         out_dir = Path(args.out_dir)
+        with torch.no_grad():
+            results = evaluate_runs(
+                runs, modes, args.dataset, args.pad_multiple, save_dir=out_dir / name, device=args.device,
+                save_bitstreams=args.save_bitstreams, save_reconstructions=args.save_reconstructions,
+            )
         for mode, (points, rows) in results.items():
             if not points:
                 continue

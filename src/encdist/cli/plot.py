@@ -2,9 +2,15 @@
 
 Usage::
 
-    compressai-plot FILE.json [FILE.json ...] --out rd.png|rd.pdf|rd.svg|rd.html
+    compressai-plot [FILE.json ...] [--aim_repo DIR [-q QUERY]] --out rd.png|rd.pdf|rd.svg|rd.html
         [--metric psnr-rgb|ms-ssim-db|ms-ssim|all] [--anchor FILE.json]
         [--bd-method cubic|pchip] [--table-out PREFIX]
+
+Curves come from results files and, as in CompressAI-Trainer, from the runs of an
+Aim repository (``--aim_repo``, runs selected by an Aim query ``-q``): one RD point
+per run (its last infer pass), one curve per experiment and model, plus the static
+and ideal baselines the runs logged. Curves that share a name get their file stem
+(or path) or experiment appended in the legend and the table.
 
 ``--metric all`` draws PSNR and MS-SSIM (dB) side by side. With ``--anchor``,
 every curve is compared against the anchor: BD-rate on PSNR, BD-PSNR and, when
@@ -17,6 +23,11 @@ Example (the paper's figure and its −7 % BD-rate)::
 
     compressai-plot results/reference/kodak/*.json --out rd.html \\
         --anchor results/reference/kodak/compressai-bmshj2018-factorized_mse_cuda.json
+
+Every quickstart run of a λ sweep, over the paper's curves::
+
+    compressai-plot results/reference/kodak/*.json --aim_repo encdist_runs/aim \\
+        -q 'run.experiment == "quickstart"' --out rd.html
 """
 
 from __future__ import annotations
@@ -32,7 +43,14 @@ from typing import Any, Callable, Mapping, Sequence
 from encdist.bd import BD_METHODS, bd_psnr, bd_rate, validate_curve
 from encdist.errors import ConfigError, EncdistError
 from encdist.plotting import FIGURE_FORMATS, plot_rd_panels, save_figure
-from encdist.results import load_results, metric_values, needs_derived_db, write_atomic
+from encdist.results import (
+    distinct_names,
+    load_aim_curves,
+    load_results,
+    metric_values,
+    needs_derived_db,
+    write_atomic,
+)
 
 PROG = "compressai-plot"
 
@@ -54,10 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``compressai-plot``."""
     parser = _ArgumentParser(
         prog=PROG,
-        description="Plot rate-distortion curves of CompressAI results JSON files "
-        "and tabulate BD-rates against an anchor.",
+        description="Plot rate-distortion curves of CompressAI results JSON files and of "
+        "the runs of an Aim repository, and tabulate BD-rates against an anchor.",
     )
-    parser.add_argument("files", nargs="+", metavar="FILE.json", help="results files to plot")
+    parser.add_argument("files", nargs="*", metavar="FILE.json", help="results files to plot")
+    parser.add_argument(
+        "--aim_repo", "--aim-repo", metavar="DIR",
+        help="also plot the runs of this Aim repository (e.g. encdist_runs/aim)",
+    )
+    parser.add_argument(
+        "-q", "--query", default="",
+        help="Aim query selecting the runs of --aim_repo, e.g. 'run.experiment == \"quickstart\"' "
+        "(default: every run)",
+    )
     parser.add_argument(
         "--out", required=True, metavar="PATH",
         help=f"figure to write ({', '.join(FIGURE_FORMATS)})",
@@ -103,16 +130,30 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"--out must end in one of {', '.join(FIGURE_FORMATS)}; got {out.name!r}"
         )
-    curves = [load_results(f) for f in args.files]
-    anchor = _load_anchor(args.anchor) if args.anchor else None
-    plotted = curves
-    if anchor is not None and not _same_file(args.anchor, args.files):
-        plotted = [anchor, *curves]
+    if args.query and not args.aim_repo:
+        raise ConfigError("-q/--query selects runs of --aim_repo, which is not given")
+    # (curve, sources that tell curves of one name apart, results file or None)
+    entries = [(load_results(f), (Path(f).stem, str(f)), f) for f in args.files]
+    if args.aim_repo:
+        aim_curves = load_aim_curves(args.aim_repo, args.query)
+        if not aim_curves:
+            _warn(f"no run in {args.aim_repo} has infer metrics" + (f" (query {args.query!r})" if args.query else ""))
+        entries += [(c, (c["meta"]["experiment"],), None) for c in aim_curves]
+    if not entries:
+        raise ConfigError("nothing to plot: give results files and/or --aim_repo")
+    anchor = None
+    if args.anchor:
+        listed = [c for c, _, f in entries if f is not None and _same_file(f, [args.anchor])]
+        anchor = _load_anchor(args.anchor, listed[0] if listed else None)
+        if not listed:
+            entries.insert(0, (anchor, (Path(args.anchor).stem, str(args.anchor)), args.anchor))
+    distinct_names([(c, sources) for c, sources, _ in entries])
+    plotted = [c for c, _, _ in entries]
 
     fig = _rd_figure(plotted, args.metric)
     tables = []
     if anchor is not None:
-        others = [c for f, c in zip(args.files, curves) if not _same_file(f, [args.anchor])]
+        others = [c for c in plotted if c is not anchor]
         header, rows = bd_table(anchor, others, args.bd_method, on_skip=_warn)
         caption = f"BD metrics against {anchor['name']!r} ({args.bd_method} fit)"
         markdown = f"{caption}\n\n{to_markdown(header, rows)}"
@@ -200,9 +241,9 @@ def _bd_cell(
     return value, None
 
 
-def _load_anchor(path: str) -> Curve:
-    """Loads the anchor and checks that BD metrics can use it."""
-    anchor = load_results(path)
+def _load_anchor(path: str, loaded: Curve | None = None) -> Curve:
+    """Loads the anchor (unless ``loaded``) and checks that BD metrics can use it."""
+    anchor = loaded if loaded is not None else load_results(path)
     psnr = metric_values(anchor["results"], "psnr-rgb")
     if psnr is None:
         raise ConfigError(f"anchor {path} has no 'psnr-rgb' values")

@@ -101,6 +101,14 @@ def train(conf: DictConfig) -> Dict[str, Any]:
     OmegaConf.set_struct(conf, False)
     run_hash = assign_run_hash(conf)
     validate_config(conf)
+    from catalyst.dl import DistributedDataParallelEngine
+
+    from encdist.threads import apply_threads
+
+    engine = create_engine(conf)
+    spawned = isinstance(engine, DistributedDataParallelEngine)  # ranks run in processes of their own
+    # Those processes share this node's cores (Catalyst 22.4 starts _num_local_workers of them).
+    threads = apply_threads(conf.env.get("threads"), processes=engine._num_local_workers if spawned else 1)
     ensure_pretrained(conf)
 
     from encdist.results import write_atomic
@@ -113,11 +121,11 @@ def train(conf: DictConfig) -> Dict[str, Any]:
     loaders = create_dataloaders(conf)
     optimizer = create_optimizer(conf, model)
     scheduler = create_scheduler(conf, optimizer)
-    engine = create_engine(conf)
-    runner = build_runner(conf, run_hash)
+    # Spawned ranks unpickle the runner's config where this process's resolvers are not registered.
+    runner = build_runner(OmegaConf.create(to_dict(conf)) if spawned else conf, run_hash)
     # Written once everything is built: a config error leaves no run folder behind.
     write_atomic(Path(conf.paths.configs) / "config.yaml", OmegaConf.to_yaml(conf, resolve=True))
-    print(f"[{PROG}] run {run_hash}: {conf.paths._run_root}", flush=True)
+    print(f"[{PROG}] run {run_hash}: {conf.paths._run_root} ({threads} CPU thread{'s' * (threads > 1)})", flush=True)
     try:
         runner.train(
             model=model,
@@ -136,20 +144,44 @@ def train(conf: DictConfig) -> Dict[str, Any]:
         )
     finally:
         runner.close_loggers()
-    export(conf, runner)
-    summary = getattr(runner, "infer_summary", None) or {}
+    if spawned:
+        trained, summary = rank0_results(conf, model)
+    else:
+        trained, summary = runner.raw_model, getattr(runner, "infer_summary", None) or {}
+    export(conf, trained)
     print_summary(conf, run_hash, summary)
     return summary
 
 
-def export(conf: DictConfig, runner) -> None:
+def rank0_results(conf: DictConfig, model):
+    """``(model, infer summary)`` of a run whose ranks were spawned: what rank 0 wrote.
+
+    The processes that trained are gone; their weights are in ``runner.last.pth`` and
+    their infer pass in ``results/infer.json``.
+    """
+    from encdist.checkpoint import safe_load
+    from encdist.results import load_results
+
+    ckpt = Path(conf.paths.checkpoints) / "runner.last.pth"
+    if not ckpt.is_file():
+        raise CheckpointError(f"the distributed run wrote no {ckpt}")
+    model.load_state_dict(safe_load(ckpt)["model_state_dict"])
+    infer = Path(conf.paths.results) / "infer.json"
+    if not infer.is_file():
+        return model, {}
+    data = load_results(infer)
+    summary = {k: v[0] for k, v in data["results"].items() if v}
+    summary["num_images"] = data["meta"].get("num_images", 0)
+    return model, summary
+
+
+def export(conf: DictConfig, model) -> None:
     """Write the trained model's state dict to ``export.path`` (frozen transforms for later runs)."""
     path = (conf.get("export") or {}).get("path")
     if not path:
         return
     from encdist.checkpoint import atomic_save
 
-    model = runner.raw_model
     model.update(force=True, update_quantiles=True)
     atomic_save({"state_dict": model.state_dict(), "model_name": str(conf.model.name)}, path)
     print(f"[{PROG}] exported {conf.model.name} to {path}", flush=True)

@@ -21,6 +21,7 @@ from encdist.registry import lookup
 
 __all__ = [
     "QUALITY_LMBDA",
+    "zoo_architecture",
     "register_resolvers",
     "to_dict",
     "create",
@@ -32,9 +33,10 @@ __all__ = [
     "create_engine",
     "validate_config",
     "trainable_parameter_groups",
+    "load_model_weights",
 ]
 
-#: λ of CompressAI's pretrained bmshj2018-factorized per quality (METHOD.md).
+#: λ of CompressAI's pretrained bmshj2018-factorized per quality (docs/METHOD.md).
 QUALITY_LMBDA = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.013, 5: 0.025, 6: 0.0483, 7: 0.0932, 8: 0.18}
 
 
@@ -45,10 +47,57 @@ def _lmbda_for_quality(quality) -> float:
         raise ConfigError(f"hp.quality must be one of 1..8 to pick lambda, got {quality!r}") from None
 
 
+def zoo_architecture(model: str, quality) -> tuple:
+    """``(N, M)`` of CompressAI's pretrained ``model`` of ``quality`` (an adaptive model: its parent's).
+
+    The zoo changes the architecture with the quality (bmshj2018-factorized: N=128, M=192
+    for 1-5, N=192, M=320 for 6-8), so ``hp.quality`` alone must pick it or the zoo weights
+    do not fit. The table is CompressAI's own (``compressai.zoo.image.cfgs``), the one its
+    zoo builds the models from, rather than a copy that could drift from it.
+    """
+    from compressai.zoo.image import cfgs
+
+    from encdist.pretrained import BASE_MODELS
+
+    base = BASE_MODELS.get(str(model), str(model))
+    if base not in cfgs or any(len(arch) < 2 for arch in cfgs[base].values()):
+        raise ConfigError(f"compressai.zoo has no (N, M) table for model {model!r} (model.name): set hp.N and hp.M")
+    try:
+        return tuple(cfgs[base][int(quality)])
+    except (KeyError, TypeError, ValueError):
+        known = sorted(cfgs[base])
+        raise ConfigError(
+            f"hp.quality must be one of {known[0]}..{known[-1]} to pick hp.N and hp.M of the zoo's {base}, got {quality!r}"
+        ) from None
+
+
+def _committed_weights(quality) -> str:
+    """Path of the committed frozen transforms of ``quality`` (``make base-models``, ``weights/``)."""
+    from encdist.recipes.base_family import FAMILY, weights_path
+
+    known = sorted(s.quality for s in FAMILY)
+    if quality is None or isinstance(quality, bool) or int(quality) not in known:
+        raise ConfigError(f"hp.quality must be one of {known} (the committed RD family, weights/MANIFEST.json), got {quality!r}")
+    return str(weights_path(int(quality)))
+
+
 def register_resolvers() -> None:
-    """OmegaConf resolvers used by ``conf/``: ``${encdist.lmbda:${hp.quality}}``."""
-    if not OmegaConf.has_resolver("encdist.lmbda"):
-        OmegaConf.register_new_resolver("encdist.lmbda", _lmbda_for_quality)
+    """OmegaConf resolvers used by ``conf/``.
+
+    ``${encdist.lmbda:${hp.quality}}``: λ of the zoo model of that quality;
+    ``${encdist.zoo_N:${model.name},${hp.quality}}`` and ``${encdist.zoo_M:...}``: its architecture
+    (:func:`zoo_architecture`); ``${encdist.weights:${hp.quality}}``: the committed frozen
+    transforms of that quality (:mod:`encdist.recipes.base_family`).
+    """
+    resolvers = {
+        "encdist.lmbda": _lmbda_for_quality,
+        "encdist.zoo_N": lambda model, quality: zoo_architecture(model, quality)[0],
+        "encdist.zoo_M": lambda model, quality: zoo_architecture(model, quality)[1],
+        "encdist.weights": _committed_weights,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 def to_dict(conf: Any) -> Any:
@@ -108,6 +157,9 @@ def create_model(conf: DictConfig) -> torch.nn.Module:
             load_pretrained_into(model, path)
         else:
             raise ConfigError(f"model.pretrained.source must be 'zoo' or 'checkpoint', got {source!r}")
+    init = conf.paths.get("model_checkpoint") if "paths" in conf else None
+    if init:
+        load_model_weights(model, init)
     freeze = list(to_dict(conf.model.get("freeze")) or [])
     if freeze:
         if not hasattr(model, "freeze"):
@@ -117,6 +169,22 @@ def create_model(conf: DictConfig) -> torch.nn.Module:
         except ValueError as e:
             raise ConfigError(f"model.freeze: {e}") from None
     return model
+
+
+def load_model_weights(model: torch.nn.Module, path: str) -> None:
+    """Weights-only initialization (``paths.model_checkpoint``), as in CompressAI-Trainer.
+
+    Loads the model's state dict from any checkpoint layout (a run checkpoint, an exported
+    model, a CompressAI ``state_dict`` file); optimizer, scheduler, epoch and run hash are
+    not taken: the run is a new run that starts from these weights (e.g. fine-tuning a
+    trained base model to another lambda). ``paths.checkpoint`` resumes a run instead.
+    """
+    from encdist.checkpoint import check_compatible
+    from encdist.pretrained import load_state_dict_file
+
+    sd = load_state_dict_file(path)
+    check_compatible(model, sd, f"{path} (paths.model_checkpoint)")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
 
 
 def create_criterion(conf: DictConfig) -> torch.nn.Module:
@@ -194,8 +262,42 @@ def create_engine(conf: DictConfig):
     engines = {k: getattr(dl, k) for k in ("CPUEngine", "GPUEngine", "DataParallelEngine", "DistributedDataParallelEngine")}
     if kind not in engines:
         raise ConfigError(f"unknown engine type {kind!r} (known: auto, {', '.join(engines)})")
-    kwargs = {k: v for k, v in e.items() if k in ("address", "port", "world_size")}
-    return engines[kind](**kwargs)
+    if kind == "DistributedDataParallelEngine":
+        return _ddp_engine(e)
+    return engines[kind]()
+
+
+def _ddp_engine(e: Mapping[str, Any]):
+    """Catalyst's ``DistributedDataParallelEngine``, made to work on CPU processes too.
+
+    Catalyst 22.4 alone spawns one process per *GPU* (whatever ``world_size`` says),
+    initializes ``nccl``, and creates its ``accelerate.Accelerator`` with ``cpu=False``:
+    on a machine without CUDA, accelerate 1.x then sees no distributed setup at all
+    (every rank is "main", the model is not wrapped, gradients and metrics are not
+    averaged). So: one process per rank on this node (``engine.num_node_workers``,
+    default ``engine.world_size``), ``gloo`` and ``cpu=True`` when there is no GPU or
+    ``engine.cpu`` is set, and ``find_unused_parameters`` for parameters the loss does
+    not reach (the bottlenecks' quantiles, trained by the aux loss alone).
+    """
+    from accelerate.utils import DistributedDataParallelKwargs
+    from catalyst import dl
+
+    cpu = bool(e.get("cpu")) or not torch.cuda.is_available()
+    world_size = e.get("world_size")
+    if world_size is None:
+        world_size = 1 if cpu else torch.cuda.device_count()
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ConfigError(f"engine.world_size must be a positive integer, got {world_size!r}")
+    ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=bool(e.get("find_unused_parameters")))
+    where = {k: e[k] for k in ("address", "port", "workers_dist_rank") if e.get(k) is not None}
+    return dl.DistributedDataParallelEngine(
+        **where,
+        world_size=world_size,
+        num_node_workers=e.get("num_node_workers") or world_size,
+        process_group_kwargs={"backend": e.get("backend") or ("gloo" if cpu else "nccl")},
+        cpu=cpu,
+        kwargs_handlers=[ddp_kwargs],
+    )
 
 
 # ---------------------------------------------------------------------- validation

@@ -129,6 +129,23 @@ def skimage_image(name: str) -> np.ndarray:
     return _cached(name)
 
 
+def sample_order(n: int, num_samples: Optional[int], seed: int, shuffle: bool) -> np.ndarray:
+    """Image index of each of ``num_samples`` items (default ``n``).
+
+    Shuffled (``shuffle``, with ``num_samples`` given): every image equally often
+    (``num_samples // n`` times or once more) in an order drawn with ``seed``; else item
+    ``i`` is image ``i % n``.
+    """
+    if num_samples is not None and (
+        isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1
+    ):
+        raise ConfigError(f"num_samples must be a positive int or null, got {num_samples!r}")
+    length = int(num_samples) if num_samples is not None else n
+    if shuffle and num_samples is not None:
+        return np.random.default_rng(seed).permutation(np.resize(np.arange(n), length))
+    return np.arange(length) % n
+
+
 def _canonical_split(split: str) -> str:
     s = _SPLIT_ALIASES.get(str(split), str(split))
     if s not in SKIMAGE_SPLITS:
@@ -185,11 +202,6 @@ class SkimageSamples(Dataset):
         super().__init__()
         self.split = _canonical_split(split)
         self.transform = transform
-        if num_samples is not None and (
-            isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1
-        ):
-            raise ConfigError(f"SkimageSamples num_samples must be a positive int or null, got {num_samples!r}")
-
         names: List[str] = []
         arrays: List[np.ndarray] = []
         for name in split_names(self.split, include_grayscale):
@@ -206,15 +218,9 @@ class SkimageSamples(Dataset):
         self.names: Tuple[str, ...] = tuple(names)
         self._arrays = arrays
 
-        n = len(names)
-        length = int(num_samples) if num_samples is not None else n
-        self.num_samples = length
         self.seed = seed
-        if self.split == "train" and num_samples is not None:
-            rng = np.random.default_rng(seed)
-            self._order = rng.permutation(np.resize(np.arange(n), length))
-        else:
-            self._order = np.arange(length) % n
+        self._order = sample_order(len(names), num_samples, seed, shuffle=self.split == "train")
+        self.num_samples = len(self._order)
 
     @property
     def sizes(self) -> Dict[str, Tuple[int, int]]:
@@ -295,8 +301,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--splits", nargs="+", default=list(SKIMAGE_SPLITS), help="splits to write")
     p.add_argument("--include-grayscale", action="store_true", help="add grayscale photos to train")
     sub.add_parser("list", help="print the split assignment")
+    p = sub.add_parser("photos", help="fetch and prepare the larger photo corpus (make data)")
+    p.add_argument("--root", default=None, help="corpus folder (default: ${ENCDIST_DATASETS:-~/data/datasets}/photos)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "photos":
+            from .photos import prepare
+
+            prepare(args.root)
+            return 0
         if args.command == "list":
             for s, names in SKIMAGE_SPLITS.items():
                 for name in names:

@@ -1,5 +1,17 @@
-"""Latent codecs (CompressAI ``LatentCodec`` contract)."""
+"""Latent codecs (CompressAI ``LatentCodec`` contract) and how they code (:class:`CodingOptions`)."""
 
-from .adaptive import MODE_ADAPTIVE, MODE_BACKWARD, MODE_MIXED, MODE_STATIC, AdaptiveEntropyBottleneckLatentCodec
+from encdist.bitstream import MODE_ADAPTIVE, MODE_BACKWARD, MODE_MIXED, MODE_STATIC
 
-__all__ = ["AdaptiveEntropyBottleneckLatentCodec", "MODE_ADAPTIVE", "MODE_MIXED", "MODE_STATIC", "MODE_BACKWARD"]
+from .adaptive import AdaptiveEntropyBottleneckLatentCodec
+from .options import CODING_MODES, CodingOptions, resolve_options
+
+__all__ = [
+    "AdaptiveEntropyBottleneckLatentCodec",
+    "CodingOptions",
+    "CODING_MODES",
+    "resolve_options",
+    "MODE_ADAPTIVE",
+    "MODE_MIXED",
+    "MODE_STATIC",
+    "MODE_BACKWARD",
+]

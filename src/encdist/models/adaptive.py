@@ -53,6 +53,10 @@ class AdaptiveModelMixin:
     """Shared plumbing: codec construction, key remapping, freezing, input checks."""
 
     adaptive_codec: AdaptiveEntropyBottleneckLatentCodec
+    #: Names of the string lists ``compress`` returns, in order; side streams start with ``pdf``.
+    stream_names: tuple = ("y", "pdf")
+    #: ``forward(x, y=g_a(x))`` is supported, so a runner may cache ``y`` of a frozen ``g_a``.
+    latent_input: bool = False
 
     def _init_adaptive(
         self,
@@ -162,8 +166,9 @@ class AdaptiveModelMixin:
 
     @staticmethod
     def _check_strings(strings, count: int) -> None:
-        if not isinstance(strings, (list, tuple)) or len(strings) != count:
-            raise BitstreamError(f"expected a list of {count} string lists")
+        from encdist.bitstream import check_strings
+
+        check_strings(strings, count)
 
 
 @register_model("bmshj2018-factorized-pdf")
@@ -175,6 +180,8 @@ class FactorizedPriorPdf(AdaptiveModelMixin, FactorizedPrior):
     ``bound_factor``, ``enable_adaptive``, ``ideal``, ``fallback_static`` and
     the pdf model's ``pdf_N``, ``pdf_M``, ``pdf_kernel_size``, ``pdf_groups``.
     """
+
+    latent_input = True
 
     def __init__(self, N: int = 128, M: int = 192, **kwargs):
         super().__init__(N=N, M=M)
@@ -193,19 +200,22 @@ class FactorizedPriorPdf(AdaptiveModelMixin, FactorizedPrior):
             "p_hat": out["p_hat"],
         }
 
-    def compress(self, x: Tensor) -> Dict[str, Any]:
+    def compress(self, x: Tensor, options=None) -> Dict[str, Any]:
+        """Strings ``[y, pdf]``; ``options``: a :class:`~encdist.latent_codecs.CodingOptions` or mode name."""
         self._check_image(x)
-        out = self.adaptive_codec.compress(self.g_a(x))
+        out = self.adaptive_codec.compress(self.g_a(x), options)
         return {"strings": out["strings"], "shape": out["shape"]}
 
-    def decompress(self, strings, shape) -> Dict[str, Any]:
+    def decompress(self, strings, shape, options=None) -> Dict[str, Any]:
         self._check_strings(strings, 2)
-        y_hat = self.adaptive_codec.decompress(strings, shape)["y_hat"]
+        y_hat = self.adaptive_codec.decompress(strings, shape, options)["y_hat"]
         return {"x_hat": self.g_s(y_hat).clamp_(0, 1)}
 
 
 class _HyperpriorPdf(AdaptiveModelMixin):
     """Hyperprior models with the adaptive codec on the hyper-latent ``z``."""
+
+    stream_names = ("y", "z", "pdf")
 
     def _gaussian_params(self, z_hat: Tensor):
         raise NotImplementedError
@@ -227,20 +237,20 @@ class _HyperpriorPdf(AdaptiveModelMixin):
             "p_hat": z_out["p_hat"],
         }
 
-    def compress(self, x: Tensor) -> Dict[str, Any]:
+    def compress(self, x: Tensor, options=None) -> Dict[str, Any]:
         self._check_image(x)
         y = self.g_a(x)
-        z_out = self.adaptive_codec.compress(self.h_a(self._h_a_input(y)))
+        z_out = self.adaptive_codec.compress(self.h_a(self._h_a_input(y)), options)
         scales, means = self._gaussian_params(z_out["y_hat"])
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_strings = self.gaussian_conditional.compress(y, indexes, means=means)
         z_strings, pdf_strings = z_out["strings"]
         return {"strings": [y_strings, z_strings, pdf_strings], "shape": z_out["shape"]}
 
-    def decompress(self, strings, shape) -> Dict[str, Any]:
+    def decompress(self, strings, shape, options=None) -> Dict[str, Any]:
         self._check_strings(strings, 3)
         y_strings, z_strings, pdf_strings = strings
-        z_hat = self.adaptive_codec.decompress([z_strings, pdf_strings], shape)["y_hat"]
+        z_hat = self.adaptive_codec.decompress([z_strings, pdf_strings], shape, options)["y_hat"]
         scales, means = self._gaussian_params(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_hat = gaussian_conditional_decompress(self.gaussian_conditional, y_strings, indexes, means, "y stream")

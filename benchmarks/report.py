@@ -1,0 +1,229 @@
+"""Markdown report of a benchmark run (every section's tables in one place)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import common as C
+from rate import ARM_LABELS, ARMS
+
+
+def render_md(res: Dict[str, Any]) -> str:
+    e = res["environment"]
+    L = [f"# encdist benchmarks: {e['machine']}", ""]
+    if e["profile"] == "quick":
+        L += ["> **Quick smoke run** (`--quick`, tiny epochs): the numbers only show that the benchmark runs end to end; they are not results.", ""]
+    L += [
+        f"- machine: `{e['machine']}` ({e['hostname']}, {e['platform']})",
+        f"- CPU: {e['cpu_model'] or 'unknown'}, {e['cpu_count']} CPUs (usable {e['affinity_cpus']}), torch threads {e['torch_threads']}, OMP_NUM_THREADS={e['OMP_NUM_THREADS']}",
+        f"- GPU: {e['cuda'] or 'none'}; throughput section on `{e['throughput_device']}`",
+        f"- torch {e['torch']}, compressai {e['compressai']}, Python {e['python']}, encdist git {e['git']}",
+        f"- date: {e['date']}; load average at start: {', '.join(f'{v:.2f}' for v in e['loadavg_start'] or [])}; total wall time {res['wall_s'] / 60:.1f} min",
+        "- Timing claims are ratios of runs made side by side in this run; absolute times are shown for context only.",
+    ]
+    la = (e.get("loadavg_start") or [None])[0]
+    ncpu = e.get("affinity_cpus") or e.get("cpu_count") or 1
+    if la is not None and la > 0.5 * ncpu:
+        la_end = (e.get("loadavg_end") or [float("nan")])[0]
+        L.append(f"- **Warning:** the machine was busy before this run started (1-min load average {la:.1f} on {ncpu} CPUs; {la_end:.1f} at the end, this run included). "
+                 f"With {e['torch_threads']} torch thread(s) competing with other processes, every parallel op can wait for a descheduled thread: "
+                 "small-op workloads (the distribution codec) slow down far more than large convolutions, which distorts the ratios. "
+                 "Re-run on an idle machine, or compare with `--threads 1`.")
+    L += [
+        "",
+        "## Summary",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    for name, t in res["targets"].items():
+        v = t.get("value")
+        unit = ("x" if name.startswith(("train_speedup", "coding_ratio")) else " %" if name.startswith(("gap_closed", "side_share", "phat"))
+                else " MB" if name.startswith("memory") else "")
+        L.append(f"| {name}: {t['target']} | {C.fmt(v, '.2f')}{unit if v is not None else ''} | {C.met(t.get('met'))} |")
+    L.append("")
+    for sec, fn in (("rate", _md_rate), ("throughput", _md_throughput), ("coding", _md_coding), ("cost", _md_cost),
+                    ("memory", _md_memory)):
+        r = res["sections"].get(sec)
+        if r is None:
+            continue
+        if "error" in r:
+            L += [f"## {sec}: failed", "", "```", r["error"].rstrip(), "```", ""]
+        else:
+            L += fn(r)
+    return "\n".join(L).rstrip() + "\n"
+
+
+def _md_throughput(r: Dict[str, Any]) -> List[str]:
+    A, F = r["arms"]["adaptive"], r["arms"]["full"]
+    Cc = r["arms"].get("adaptive_cached")
+    L = ["## 2. Training throughput (adaptive stage vs full step)", ""]
+    L.append(f"Model: {r['model']}; device {r['device']}; batches of {r['batch']} random {r['crop']}x{r['crop']} crops of the train photographs; "
+             f"{r['warmup']} warm-up + {r['steps']} measured steps per arm, in rotating order on the same batches. Every step: loss "
+             "(`AdaptiveRateDistortionLoss`), backward, grad-norm clip 1.0, Adam step, aux (quantile) step, as the runner does.")
+    L.append("")
+    L.append("| step | trainable params | images/s | median step s |")
+    L.append("|---|---|---|---|")
+    arms = [A, F] + ([Cc] if Cc else [])
+    for a in arms:
+        L.append(f"| {a['name']} | {a['trainable_params']:,} | {a['images_per_s']:.2f} | {a['median_step_s']:.3f} |")
+    L.append("")
+    t = r["target"]
+    L.append(f"- Speed-up of the adaptive stage's step, `model(x, with_x_hat=False)` (images/s ratio): **{r['speedup']:.2f}x** "
+             f"(median of per-round ratios {r['speedup_median_pair']:.2f}x); target {t['target']}: {C.met(t['met'])}.")
+    if Cc:
+        L.append(f"- With cached latents (the runner's `latent_cache`, epochs after the first): **{r['speedup_cached']:.2f}x**.")
+        q = r.get("quickstart_schedule")
+        if q:
+            L.append(f"- Averaged over the quickstart's schedule ({q['epochs']} epochs, latent_cache={q['latent_cache']}): {q['speedup_epoch_average']:.2f}x.")
+    L.append("")
+    keys = list(dict.fromkeys(k for a in arms for k in a["breakdown_median_s"]))
+    keys = [k for k in keys if k != "forward"]
+    L.append("| median seconds per step | " + " | ".join(("adaptive stage", "full step", "adaptive, cached latents")[: len(arms)]) + " |")
+    L.append("|---" * (len(arms) + 1) + "|")
+    for k in keys:
+        L.append(f"| {k} | " + " | ".join(f"{a['breakdown_median_s'].get(k, 0.0):.4f}" for a in arms) + " |")
+    L.append("")
+    if r.get("profile_adaptive_top_ops"):
+        L.append("Profile of the adaptive step (torch.profiler, top ops by self CPU time, per step):")
+        L.append("")
+        L.append("| op | self CPU ms | share | calls |")
+        L.append("|---|---|---|---|")
+        for o in r["profile_adaptive_top_ops"]:
+            L.append(f"| `{o['op']}` | {o['self_cpu_ms']:.1f} | {o['share_pct']:.1f} % | {o['calls']} |")
+        L.append("")
+    return L
+
+
+def _md_coding(r: Dict[str, Any]) -> List[str]:
+    L = ["## 3. Coding speed (768x512, batch 1, CPU)", ""]
+    L.append(f"Model: {r['model']}; image: {r['image']}; {r['threads']} torch threads; median of {r['reps']} reps "
+             f"(+{r['warmup']} warm-up), modes alternated.")
+    L.append("")
+    L.append("| mode | encode s | decode s | enc+dec s | enc+dec vs static | y bytes | side bytes |")
+    L.append("|---|---|---|---|---|---|---|")
+    for name, m in r["modes"].items():
+        ratio = f"{m['ratio_total']:.2f}x (enc {m['ratio_encode']:.2f}x, dec {m['ratio_decode']:.2f}x)" if "ratio_total" in m else "1.00x"
+        label = {**ARM_LABELS, "static": "static bottleneck",
+                 "adaptive_refined": f"(d) + refinement ({r.get('refine_steps', '?')} steps)"}.get(name, name)
+        L.append(f"| {label} | {m['encode_s']:.4f} | {m['decode_s']:.4f} | {m['total_s']:.4f} | {ratio} | {m['y_bytes']} | {m['side_bytes']} |")
+    L.append("")
+    t = r["target"]
+    L.append(f"- Adaptive enc+dec / static enc+dec: **{t['value']:.2f}x**; target {t['target']}: {C.met(t['met'])}.")
+    if "target_refined" in r:
+        t = r["target_refined"]
+        L.append(f"- With encoder-side refinement: **{t['value']:.2f}x**; target {t['target']}: {C.met(t['met'])}.")
+    L.append("")
+    if "breakdown_median_s" in r:
+        b = r["breakdown_median_s"]
+        for side in ("encode", "decode"):
+            keys = list(dict.fromkeys(list(b["adaptive"][side]) + list(b["static"][side])))
+            L.append(f"| {side}: median seconds per step | adaptive | static |")
+            L.append("|---|---|---|")
+            for k in keys:
+                a, s = b["adaptive"][side].get(k), b["static"][side].get(k)
+                L.append(f"| {k} | {C.fmt(a, '.4f', '-')} | {C.fmt(s, '.4f', '-')} |")
+            L.append(f"| **sum** | {sum(b['adaptive'][side].values()):.4f} | {sum(b['static'][side].values()):.4f} |")
+            L.append("")
+        L.append("(Breakdown: separate reps of the same `compress`/`decompress` calls with timers wrapped around the codec's steps; "
+                 "\"other\" is the rest of the call. Medians per step, so columns need not add up exactly.)")
+        if r.get("breakdown_missing_timers"):
+            L.append(f"Timers not installed (library changed?): {', '.join(r['breakdown_missing_timers'])}.")
+        L.append("")
+    elif "breakdown_error" in r:
+        L.append(f"Breakdown unavailable: {r['breakdown_error']}")
+        L.append("")
+    return L
+
+
+def _md_cost(r: Dict[str, Any]) -> List[str]:
+    L = ["## 4. Side-model cost (parameters, MACs per pixel of a 768x512 image)", ""]
+    L.append(f"Method: {r['method']}")
+    L.append("")
+    L.append("| model | params analysis | params synthesis | params entropy model | MAC/px analysis | MAC/px synthesis | MAC/px total | FlopCounter MAC/px total |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for x in r["rows"]:
+        L.append(f"| {x['name']} ({x['note']}) | {x['params_analysis']:,} | {x['params_synthesis']:,} | {x['params_entropy_model']:,} | "
+                 f"{x['mac_per_px_analysis']:.2f} | {x['mac_per_px_synthesis']:.2f} | {x['mac_per_px_total']:.2f} | {x['flopcounter_mac_per_px_total']:.2f} |")
+    L.append("")
+    for key, c in r.get("comparison", {}).items():
+        L.append(f"- {key}: analysis transform alone: distribution codec {c['analysis_params'][0]:,} params, {c['analysis_mac_per_px'][0]:.1f} MAC/px vs "
+                 f"hyperprior h_a {c['analysis_params'][1]:,} params, {c['analysis_mac_per_px'][1]:.0f} MAC/px "
+                 f"({c['analysis_params'][1] / c['analysis_params'][0]:.0f}x params, {c['analysis_mac_per_px'][1] / c['analysis_mac_per_px'][0]:.0f}x MACs). "
+                 f"Analysis + synthesis + entropy model: {c['all_params'][0]:,} vs {c['all_params'][1]:,} params, "
+                 f"{c['all_mac_per_px'][0]:.1f} vs {c['all_mac_per_px'][1]:.0f} MAC/px.")
+    L.append("")
+    L.append("Paper (docs/METHOD.md): distribution codec about 0.03 M params and ~10 MAC/px vs a scale hyperprior's 1.04 M params and ~1364 MAC/px; "
+             "the hyperprior figures are those of h_a alone (equal to h_s's), i.e. one transform. "
+             "GDN layers call `F.conv2d` rather than a Conv module, so the hooks skip them and FlopCounterMode counts them (the only difference between the two columns). "
+             "The distribution codec's MACs are a fixed cost per image (its input is C x 256 bins, whatever the image size), so its MAC/px falls "
+             "as images grow; the hyperprior's scale with the pixel count.")
+    L.append("")
+    return L
+
+
+
+def _pct(v, spec="+.2f") -> str:
+    return C.fmt(v, spec) + " %" if isinstance(v, (int, float)) else str(v)
+
+
+def _md_rate(r: Dict[str, Any]) -> List[str]:
+    pts = r["points"]
+    L = ["## 1. Rate: every way of coding on the committed RD family (test split, real bitstreams)", ""]
+    fam = ", ".join(f"q{f['quality']} (λ={f['lambda']}, {f['steps']} steps)" for f in r["family"])
+    im = r["images"]
+    L.append(f"Frozen transforms: `bmshj2018-factorized` N=128, M=192 from `weights/` ({fam}). Distribution codec per quality: "
+             f"`compressai-train --config-name=quickstart hp.quality=q` ({r['settings']['adaptive']['epochs']} epochs, "
+             f"{r['settings']['adaptive']['num_samples']} crops of {r['settings']['adaptive']['patch_size']}). "
+             f"Test images: {len(im['names'])} from `{im['source']}` ({', '.join(im['names'])}). Every rate counts every byte written "
+             "(side stream and header included); every way of coding decodes to the same PSNR (same transforms).")
+    L.append("")
+    L.append("| way of coding |" + "".join(f" q{p['quality']} |" for p in pts) + " BD-rate cubic | BD-rate PCHIP | gap closed (cubic) |")
+    L.append("|---|" + "---|" * (len(pts) + 3))
+    L.append("| PSNR (dB) |" + "".join(f" {p['psnr']:.2f} |" for p in pts) + " | | |")
+    L.append("| static bottleneck (bpp, the anchor) |" + "".join(f" {p['bpp_static']:.4f} |" for p in pts) + " 0 | 0 | 0 % |")
+    for a in ARMS:
+        bd = r["bd_rate"][a]
+        gap = r["gap_closed"].get(a, {}).get("cubic") if a != "ideal" else 100.0
+        L.append(f"| {ARM_LABELS[a]} |" + "".join(f" {p['bpp_' + a]:.4f} ({p[a + '_vs_static_pct']:+.2f} %) |" for p in pts)
+                 + f" {_pct(bd['cubic'])} | {_pct(bd['pchip'])} | {C.fmt(gap, '.1f')} % |")
+    L.append("")
+    L.append("Share of the static→ideal gap closed at each RD point (rate change at equal PSNR / the ideal bound's):")
+    L.append("")
+    L.append("| way of coding |" + "".join(f" q{p['quality']} |" for p in pts))
+    L.append("|---|" + "---|" * len(pts))
+    for a in ARMS[:-1]:
+        L.append(f"| {ARM_LABELS[a]} |" + "".join(f" {C.fmt(p['gap_closed_' + a + '_pct'], '.1f')} % |" for p in pts))
+    L.append("| (d) vs (c): what p̂ adds inside the adaptive coder |" + "".join(f" {p['adaptive_vs_static_backward_pct']:+.2f} % |" for p in pts))
+    L.append("| side stream share of (d) / of (a) |" + "".join(f" {p['side_share_adaptive_pct']:.2f} / {p['side_share_paper_pct']:.2f} % |" for p in pts))
+    L.append("| (d): images coded from the static start / with mixed tables / backward-adapted |"
+             + "".join(f" {p['static_picks']} / {p['mixed_picks']} / {p['backward_picks']} of {p['num_images']} |" for p in pts))
+    L.append("")
+    ref = r.get("paper", {})
+    if "gap_closed_pct" in ref:
+        L.append(f"The paper on Kodak (its published curves, `{ref['source']}`, recomputed here): BD-rate {ref['bd_paper']:+.2f} %, ideal "
+                 f"{ref['bd_ideal']:+.2f} %: {ref['gap_closed_pct']:.1f} % of the gap.")
+    L.append(f"RD curve: PSNR span {r['psnr_span_db']:.2f} dB, PSNR and rate increase with λ: {r['rd_curve_valid']}. "
+             f"Results JSONs and figure: {', '.join(f'`{v}`' for v in r['results_files'].values())}.")
+    L.append("")
+    for name, t in r["targets"].items():
+        L.append(f"- {name}: {t['target']}: **{C.fmt(t['value'], '.2f')}** ({C.met(t['met'])})")
+    L.append("")
+    return L
+
+
+def _md_memory(r: Dict[str, Any]) -> List[str]:
+    L = ["## 5. Memory the entropy coding adds (peak RSS, fresh process)", "", r["method"], ""]
+    L.append("| image | latent (C x h x w) | encode: added MB | encode s | decode: added MB | decode s |")
+    L.append("|---|---|---|---|---|---|")
+    for row in r["rows"]:
+        e, d = row["encode"], row["decode"]
+        cell = lambda x, k, spec: C.fmt(x.get(k), spec) if "error" not in x else x["error"]  # noqa: E731
+        L.append(f"| {row['image']} | {row['latent']} | {cell(e, 'added_mb', '.0f')} | {cell(e, 'seconds', '.1f')} | "
+                 f"{cell(d, 'added_mb', '.0f')} | {cell(d, 'seconds', '.1f')} |")
+    L.append("")
+    if "target" in r:
+        t = r["target"]
+        L.append(f"- {t['target']}: **{t['value']:.0f} MB** ({C.met(t['met'])})")
+        L.append("")
+    return L

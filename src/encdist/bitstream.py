@@ -1,0 +1,348 @@
+"""The bitstream format of the adaptive codec: the one place that writes and parses it.
+
+Everything a decoder relies on is defined here: the mode byte and its flags, the side
+stream's header and checksum, the per-channel flags, the payloads, the order of the
+``y`` symbols under backward adaptation, the limits that bound decoding, and the
+self-describing file that ``encdist-codec`` writes. :data:`FORMAT_VERSION` names this
+format; golden-bytes tests (``tests/test_bitstream.py``) pin it, so a change of bytes
+fails them until the version is raised.
+
+Per image, the latent codec returns ``strings = [y_strings, pdf_strings]``:
+
+.. code-block:: none
+
+    y string:    rANS stream of the C·h·w latent symbols (compressai.ans)
+                   fixed tables: channel-major, raster order (CompressAI's layout)
+                   MODE_BACKWARD: block by block (:func:`block_order`), channel-major within a block
+    pdf string:  [mode: 1 byte][crc32: 4 bytes, big-endian][payload]
+                 (the static baseline, ``CodingOptions(adaptive=False)``, writes no pdf string at all)
+    payload:     [radius: 1 byte, if MODE_BACKWARD] then, by the mode's low bits,
+                   MODE_STATIC   nothing
+                   MODE_ADAPTIVE side strings of p̂ (the pdf model's EntropyBottleneck stream),
+                                 or zlib-packed int32 counts (C·B) in ideal mode
+                   MODE_MIXED    ceil(C/8) bytes of channel flags (bit set: p̂'s table), then as MODE_ADAPTIVE
+
+The checksum is ``crc32`` over, in order: the model configuration's fingerprint (seed),
+``pack(">BI", mode, len(y string))``, the payload, and the decoded symbols as
+native-endian int32 (C, h, w). It covers the *decoded symbols*, so a truncated or
+corrupt stream, a stream of another configuration, or a p̂ rebuilt differently on
+another platform is refused instead of decoding to a wrong image.
+
+The file ``encdist-codec`` writes holds one image, big-endian::
+
+    magic "EDC\\x89" (4) | version (1) | model fingerprint (4) | image H, W (4 + 4) |
+    latent h, w (2 + 2) | k string lists (1) | k x [length (4) | bytes] | crc32 of all before (4)
+
+so decoding needs nothing but the file and the model that wrote it; a file of another
+model (:func:`model_fingerprint`: class and weights) or another version is refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+from encdist.errors import BitstreamError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MODE_STATIC",
+    "MODE_ADAPTIVE",
+    "MODE_MIXED",
+    "MODE_BACKWARD",
+    "HEADER_SIZE",
+    "MAX_LATENT_POSITIONS",
+    "MISMATCH",
+    "SideStream",
+    "fingerprint",
+    "checksum",
+    "write_side",
+    "parse_side",
+    "check_crc",
+    "pack_mask",
+    "unpack_mask",
+    "mask_bytes",
+    "pack_counts",
+    "unpack_counts",
+    "block_order",
+    "stream_layout",
+    "check_strings",
+    "check_shape",
+    "FILE_MAGIC",
+    "model_fingerprint",
+    "pack_file",
+    "unpack_file",
+]
+
+#: Version of this format (side stream, y-symbol order, file container).
+FORMAT_VERSION = 1
+
+MODE_STATIC = 0
+MODE_ADAPTIVE = 1
+MODE_MIXED = 2  # per channel: p̂'s table where its flag bit is set, the static one elsewhere
+MODE_BACKWARD = 0x10  # flag on any of the above: the tables adapt block by block (encdist.backward)
+_BASE_MODES = (MODE_STATIC, MODE_ADAPTIVE, MODE_MIXED)
+
+_HEADER = struct.Struct(">BI")  # mode, crc32
+HEADER_SIZE = _HEADER.size
+
+#: Largest latent (h·w positions) a decoder accepts: a 16384x16384 image with a 16x
+#: downsampling transform. Decoding allocates and decodes C·h·w symbols whatever the
+#: string length (a flat latent codes to a few bytes), so ``shape`` must be bounded.
+MAX_LATENT_POSITIONS = 1024 * 1024
+
+MISMATCH = (
+    "bitstream checksum mismatch: the streams are corrupt or truncated, were made by "
+    "a model of another configuration, or decoded on a platform that rebuilt p̂ differently"
+)
+
+
+def fingerprint(config: tuple) -> int:
+    """CRC seed of a codec configuration (everything the decoder must share with the encoder)."""
+    return zlib.crc32(repr(config).encode())
+
+
+def checksum(seed: int, mode: int, y_length: int, payload: bytes, symbols) -> int:
+    """The header's crc32 (module docstring); ``symbols`` is an int tensor or array ``(C, h, w)``."""
+    crc = zlib.crc32(payload, zlib.crc32(struct.pack(">BI", mode, y_length), seed))
+    data = np.ascontiguousarray(np.asarray(symbols), dtype=np.int32).tobytes()
+    return zlib.crc32(data, crc)
+
+
+def write_side(seed: int, mode: int, payload: bytes, symbols, y_length: int) -> bytes:
+    """One image's pdf string: header, then ``payload``."""
+    return _HEADER.pack(mode, checksum(seed, mode, y_length, payload, symbols)) + payload
+
+
+@dataclass(frozen=True)
+class SideStream:
+    """A parsed pdf string (nothing decoded yet but the fixed fields)."""
+
+    mode: int
+    crc: int
+    payload: bytes  # everything after the header (what the checksum covers)
+    radius: int | None  # largest symbol magnitude, with MODE_BACKWARD
+    mask: bytes | None  # channel flags, MODE_MIXED
+    pdf: bytes  # p̂'s side strings (or ideal-mode counts); empty for MODE_STATIC
+
+    @property
+    def base(self) -> int:
+        return self.mode & ~MODE_BACKWARD
+
+    @property
+    def backward(self) -> bool:
+        return bool(self.mode & MODE_BACKWARD)
+
+
+def mask_bytes(channels: int) -> int:
+    return math.ceil(channels / 8)
+
+
+def parse_side(data, channels: int, num_bins: int, ideal: bool = False) -> SideStream:
+    """Split a pdf string into its fields; anything malformed raises :class:`BitstreamError`."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise BitstreamError(f"pdf stream: expected bytes, got {type(data).__name__}")
+    if len(data) < HEADER_SIZE:
+        raise BitstreamError(f"pdf stream: {len(data)} bytes is shorter than its header")
+    mode, crc = _HEADER.unpack_from(data)
+    payload = bytes(data[HEADER_SIZE:])
+    base, backward = mode & ~MODE_BACKWARD, bool(mode & MODE_BACKWARD)
+    if base not in _BASE_MODES:
+        raise BitstreamError(f"pdf stream: unknown coding mode {mode} (corrupt stream?)")
+    if ideal and (base == MODE_MIXED or backward):
+        raise BitstreamError(f"{MISMATCH} (coding mode {mode} is never written in ideal mode)")
+    rest, radius, mask = payload, None, None
+    if backward:
+        if not rest or rest[0] > num_bins // 2:
+            raise BitstreamError(f"pdf stream: missing or invalid symbol radius ({MISMATCH})")
+        radius, rest = rest[0], rest[1:]
+    if base == MODE_MIXED:
+        n = mask_bytes(channels)
+        if len(rest) < n:
+            raise BitstreamError(f"{MISMATCH} (pdf stream: {len(rest)} bytes is shorter than the {n}-byte channel flags)")
+        mask, rest = rest[:n], rest[n:]
+    if base == MODE_STATIC and rest:
+        raise BitstreamError(f"{MISMATCH} (pdf stream: {len(rest)} unexpected bytes after a static header)")
+    return SideStream(mode, crc, payload, radius, mask, rest)
+
+
+def check_crc(side: SideStream, seed: int, symbols, y_length: int) -> None:
+    if checksum(seed, side.mode, y_length, side.payload, symbols) != side.crc:
+        raise BitstreamError(MISMATCH)
+
+
+def pack_mask(use) -> bytes:
+    """Channel flags (bool per channel) as ``ceil(C/8)`` bytes, most significant bit first."""
+    return np.packbits(np.asarray(use, dtype=np.uint8)).tobytes()
+
+
+def unpack_mask(data: bytes, channels: int) -> np.ndarray:
+    n = mask_bytes(channels)
+    if len(data) < n:
+        raise BitstreamError(f"pdf stream: {len(data)} bytes is shorter than the {n}-byte channel flags")
+    return np.unpackbits(np.frombuffer(data[:n], dtype=np.uint8))[:channels].astype(bool)
+
+
+def pack_counts(counts: np.ndarray) -> bytes:
+    """Ideal-mode payload: the exact histogram ``(C, B)`` as zlib-packed int32."""
+    return zlib.compress(np.ascontiguousarray(counts, dtype=np.int32).tobytes(), 9)
+
+
+def unpack_counts(data: bytes, channels: int, num_bins: int) -> np.ndarray:
+    size = 4 * channels * num_bins
+    try:
+        d = zlib.decompressobj()
+        raw = d.decompress(data, size + 1)  # bounded: a zip bomb stops here
+    except zlib.error as e:
+        raise BitstreamError(f"pdf stream: corrupt ideal-mode histogram ({e})") from None
+    if len(raw) != size or not d.eof:
+        raise BitstreamError("pdf stream: ideal-mode histogram of the wrong size")
+    return np.frombuffer(raw, dtype=np.int32).reshape(channels, num_bins)
+
+
+# ---------------------------------------------------------------------- y symbol order
+def block_order(shape: Tuple[int, int], phases: int) -> Tuple[np.ndarray, List[int]]:
+    """Coding order of the ``h·w`` latent positions under backward adaptation, and its block bounds.
+
+    Row by row; within a row, phase ``φ`` holds columns ``φ, φ+P, …``.
+    Returns ``(order, bounds)``: ``order[i]`` is the flat position coded
+    ``i``-th, block ``b`` is ``order[bounds[b]:bounds[b+1]]``.
+    """
+    h, w = shape
+    P = max(1, min(int(phases), w))
+    cols = [np.arange(phi, w, P) for phi in range(P)]
+    order = np.concatenate([r * w + c for r in range(h) for c in cols])
+    bounds = np.concatenate([[0], np.cumsum([len(c) for _ in range(h) for c in cols])]).tolist()
+    return order, bounds
+
+
+@functools.lru_cache(maxsize=16)
+def stream_layout(num_channels: int, h: int, w: int, phases: int) -> Tuple[np.ndarray, List[int]]:
+    """``(positions, indexes)`` of the single rANS call that codes all blocks of an ``h×w`` latent.
+
+    Symbols go block by block, channel-major within a block: ``positions``
+    picks them from the ``(C, h·w)`` coding-order array (flattened),
+    ``indexes`` (a list, as the coder takes it) is ``block · C + channel``,
+    a row of the stacked tables. Cached: it depends on the shape only.
+    """
+    _, bounds = block_order((h, w), phases)
+    n = bounds[-1]
+    ch = np.arange(num_channels)[:, None]
+    pos, idx = [], []
+    for b, (b0, b1) in enumerate(zip(bounds[:-1], bounds[1:])):
+        pos.append((ch * n + np.arange(b0, b1)[None, :]).ravel())
+        idx.append(np.repeat(b * num_channels + np.arange(num_channels), b1 - b0))
+    return np.concatenate(pos), np.concatenate(idx).tolist()
+
+
+# ---------------------------------------------------------------------- decoder input checks
+def _is_bytes(s) -> bool:
+    return isinstance(s, (bytes, bytearray))
+
+
+def check_strings(strings, num_lists: int) -> List[List[bytes]]:
+    """``strings`` as ``num_lists`` lists of bytes of one length; :class:`BitstreamError` otherwise."""
+    if not isinstance(strings, (list, tuple)) or len(strings) != num_lists:
+        raise BitstreamError(f"expected strings = a list of {num_lists} string lists")
+    lists = []
+    for i, ss in enumerate(strings):
+        if not isinstance(ss, (list, tuple)) or not all(_is_bytes(s) for s in ss):
+            raise BitstreamError(f"strings[{i}] must be a list of bytes objects")
+        lists.append(list(ss))
+    counts = {len(ss) for ss in lists}
+    if len(counts) != 1 or 0 in counts:
+        raise BitstreamError(f"string lists must hold one string per image each, got {[len(ss) for ss in lists]}")
+    return lists
+
+
+def check_shape(shape) -> Tuple[int, int]:
+    """A latent ``(h, w)`` within :data:`MAX_LATENT_POSITIONS`; :class:`BitstreamError` otherwise."""
+    if not isinstance(shape, (list, tuple)) or len(shape) != 2:
+        raise BitstreamError(f"invalid latent shape {shape!r}: expected (h, w)")
+    try:
+        h, w = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise BitstreamError(f"invalid latent shape {shape!r}: expected two integers") from None
+    if any(isinstance(s, bool) or int(s) != s for s in shape) or h < 1 or w < 1:
+        raise BitstreamError(f"invalid latent shape {tuple(shape)!r}")
+    if h * w > MAX_LATENT_POSITIONS:
+        raise BitstreamError(
+            f"latent shape {h}x{w} exceeds the decoder's limit of {MAX_LATENT_POSITIONS} positions "
+            "(encdist.bitstream.MAX_LATENT_POSITIONS)"
+        )
+    return h, w
+
+
+# ---------------------------------------------------------------------- the file (encdist-codec)
+#: First bytes of an ``encdist-codec`` file.
+FILE_MAGIC = b"EDC\x89"
+_FILE_HEAD = struct.Struct(">4sBIIIHHB")  # magic, version, model fingerprint, H, W, h, w, string lists
+_LEN = struct.Struct(">I")
+#: Largest image a file may declare (pixels a side).
+MAX_IMAGE_SIDE = 1 << 16
+
+
+def model_fingerprint(model) -> int:
+    """crc32 of a model's class and every weight (float32 little-endian, by name): which model wrote a file."""
+    import torch
+
+    crc = zlib.crc32(type(model).__name__.encode())
+    for name, t in sorted(model.state_dict().items()):
+        if name.rsplit(".", 1)[-1] in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table"):
+            continue  # derived by update(): the same for the same weights
+        crc = zlib.crc32(name.encode(), crc)
+        crc = zlib.crc32(t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes(), crc)
+    return crc
+
+
+def pack_file(strings: Sequence[Sequence[bytes]], image_size: Tuple[int, int], latent_shape: Tuple[int, int], fingerprint: int) -> bytes:
+    """A self-describing file of one image: header, every string list, crc32 of all of it."""
+    lists = check_strings(strings, len(strings))
+    if any(len(ss) != 1 for ss in lists):
+        raise BitstreamError("a file holds one image: each string list must hold one string")
+    H, W = (int(v) for v in image_size)
+    h, w = check_shape(latent_shape)
+    out = bytearray(_FILE_HEAD.pack(FILE_MAGIC, FORMAT_VERSION, fingerprint & 0xFFFFFFFF, H, W, h, w, len(lists)))
+    for (s,) in lists:
+        out += _LEN.pack(len(s)) + bytes(s)
+    out += _LEN.pack(zlib.crc32(bytes(out)))
+    return bytes(out)
+
+
+def unpack_file(data: bytes, fingerprint: int | None = None):
+    """``(strings, (H, W), (h, w))`` of a file; one-line :class:`BitstreamError` for anything wrong."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise BitstreamError(f"expected the file's bytes, got {type(data).__name__}")
+    if len(data) < 4 or bytes(data[:4]) != FILE_MAGIC:
+        raise BitstreamError("not an encdist-codec file (bad magic number)")
+    if len(data) < _FILE_HEAD.size + _LEN.size:
+        raise BitstreamError(f"truncated file: {len(data)} bytes is shorter than the header")
+    _, version, fp, H, W, h, w, k = _FILE_HEAD.unpack_from(data)
+    if version != FORMAT_VERSION:
+        raise BitstreamError(f"file format version {version}: this decoder reads version {FORMAT_VERSION}")
+    if zlib.crc32(bytes(data[:-_LEN.size])) != _LEN.unpack_from(data, len(data) - _LEN.size)[0]:
+        raise BitstreamError("corrupt or truncated file (checksum mismatch)")
+    if fingerprint is not None and fp != (fingerprint & 0xFFFFFFFF):
+        raise BitstreamError(f"the file was written by another model (fingerprint {fp:08x}, this model {fingerprint & 0xFFFFFFFF:08x})")
+    if not (1 <= H <= MAX_IMAGE_SIDE and 1 <= W <= MAX_IMAGE_SIDE) or not 1 <= k <= 8:
+        raise BitstreamError(f"invalid file header (image {W}x{H}, {k} string lists)")
+    check_shape((h, w))
+    pos, end, strings = _FILE_HEAD.size, len(data) - _LEN.size, []
+    for _ in range(k):
+        if pos + _LEN.size > end:
+            raise BitstreamError("corrupt file: string lengths run past its end")
+        (n,) = _LEN.unpack_from(data, pos)
+        pos += _LEN.size
+        if pos + n > end:
+            raise BitstreamError("corrupt file: string lengths run past its end")
+        strings.append([bytes(data[pos : pos + n])])
+        pos += n
+    if pos != end:
+        raise BitstreamError(f"corrupt file: {end - pos} unexpected bytes after the strings")
+    return strings, (H, W), (h, w)

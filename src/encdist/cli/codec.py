@@ -1,0 +1,124 @@
+"""``encdist-codec``: compress an image to a file and back with a trained run.
+
+.. code-block:: bash
+
+    encdist-codec encode photo.png -o photo.bin --run encdist_runs/runs/<hash>    # prints bpp
+    encdist-codec decode photo.bin -o photo-decoded.png --run encdist_runs/runs/<hash>
+
+The file (:mod:`encdist.bitstream`: magic number, format version, the model's fingerprint,
+the image size, every stream, a checksum) is all the decoder needs besides the run's
+model; a file of another model or format version is refused with one line. The run's
+weights are its last epoch's (:mod:`encdist.run_folder`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List
+
+from encdist.errors import EncdistError
+
+__all__ = ["main", "encode_image", "decode_file"]
+
+PROG = "encdist-codec"
+
+
+def _model(run: str, device: str):
+    import torch
+
+    from encdist.cli.eval import load_run
+    from encdist.errors import ConfigError
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available here")
+    model, conf, _ = load_run(run)
+    model = model.to(device).eval()
+    model.update(force=True)
+    return model
+
+
+def encode_image(model, x, mode: str = "adaptive", pad_multiple: int = 64) -> bytes:
+    """The file's bytes for one image ``x`` ``(1, 3, H, W)`` in [0, 1]."""
+    import torch
+
+    from encdist import bitstream as bs
+    from encdist.datasets import pad_to_multiple
+    from encdist.evaluate import coding_options
+
+    kw = coding_options(model, mode)
+    x_pad, _ = pad_to_multiple(x, pad_multiple)
+    with torch.no_grad():
+        enc = model.compress(x_pad.to(next(model.parameters()).device), **kw)
+    return bs.pack_file(enc["strings"], tuple(x.shape[-2:]), tuple(enc["shape"]), bs.model_fingerprint(model))
+
+
+def decode_file(model, data: bytes, pad_multiple: int = 64):
+    """The decoded image ``(1, 3, H, W)`` of a file's bytes."""
+    import torch
+    from compressai.ops import compute_padding
+
+    from encdist import bitstream as bs
+    from encdist.datasets import crop_padding
+    from encdist.errors import BitstreamError
+
+    strings, (H, W), shape = bs.unpack_file(data, bs.model_fingerprint(model))
+    pad, _ = compute_padding(H, W, min_div=pad_multiple)
+    f = int(getattr(model, "downsampling_factor", 1))
+    if ((H + pad[2] + pad[3]) // f, (W + pad[0] + pad[1]) // f) != tuple(shape):
+        raise BitstreamError(f"file header: a {shape[0]}x{shape[1]} latent does not fit a {W}x{H} image")
+    with torch.no_grad():
+        x_hat = model.decompress(strings, shape)["x_hat"]
+    return crop_padding(x_hat, tuple(int(p) for p in pad)).clamp(0, 1).cpu()
+
+
+def main(argv: List[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("encode", help="image -> file")
+    e.add_argument("image")
+    e.add_argument("-o", "--output", required=True, help="the file to write (e.g. photo.bin)")
+    e.add_argument("--mode", default="adaptive", help="way of coding (encdist.latent_codecs.CODING_MODES; default: the run's)")
+    d = sub.add_parser("decode", help="file -> image")
+    d.add_argument("file")
+    d.add_argument("-o", "--output", required=True, help="the image to write (PNG)")
+    for q in (e, d):
+        q.add_argument("--run", required=True, help="the run folder (or runner checkpoint) of the model")
+        q.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    args = p.parse_args(argv)
+    try:
+        import torch
+        import torchvision.transforms.functional as TF
+        from PIL import Image
+
+        import encdist  # noqa: F401
+        from encdist.datasets import load_image
+        from encdist.results import write_atomic
+
+        model = _model(args.run, args.device)
+        if args.command == "encode":
+            img = load_image(args.image)
+            data = encode_image(model, TF.to_tensor(img).unsqueeze(0), args.mode)
+            write_atomic(args.output, data)
+            print(f"{args.output}: {len(data)} bytes, {8 * len(data) / (img.width * img.height):.4f} bpp ({img.width}x{img.height})")
+        else:
+            try:
+                data = Path(args.file).read_bytes()
+            except OSError as err:
+                raise EncdistError(f"cannot read {args.file}: {err.strerror or err}") from None
+            x_hat = decode_file(model, data)
+            out = Path(args.output)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            # Rounded to 8 bits (to_pil_image would truncate: a bias of half a level).
+            pixels = x_hat[0].mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            Image.fromarray(pixels, "RGB").save(out)
+            print(f"{out}: {x_hat.shape[-1]}x{x_hat.shape[-2]}")
+    except EncdistError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Recipes that produce committed artefacts (the RD family of frozen transforms)."""

@@ -1,0 +1,178 @@
+"""The bitstream format (``encdist.bitstream``): golden bytes, parsing, bounded decoding, the file.
+
+Golden bytes (tensorflow-compression style): ``tests/data/golden_v<FORMAT_VERSION>.json`` holds
+streams written by a small codec of fixed seed in every way of coding, with the symbols they
+hold. Stored streams must decode to the stored symbols, and today's encoder must write the
+same bytes: a change of format fails here until ``FORMAT_VERSION`` is raised and the golden
+file of the new version written (``python tests/test_bitstream.py --regenerate``).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import encdist  # noqa: F401
+from encdist import bitstream as bs
+from encdist.errors import BitstreamError
+from encdist.latent_codecs import CODING_MODES, AdaptiveEntropyBottleneckLatentCodec
+
+GOLDEN = Path(__file__).parent / "data" / f"golden_v{bs.FORMAT_VERSION}.json"
+WAYS = ("default", "paper", "fallback", "static_backward", "ideal", "static")
+
+
+def _codec() -> AdaptiveEntropyBottleneckLatentCodec:
+    torch.manual_seed(0)
+    codec = AdaptiveEntropyBottleneckLatentCodec(channels=8).eval()
+    with torch.no_grad():  # a static density of some spread, so the tables are not degenerate
+        codec.entropy_bottleneck.quantiles.copy_(torch.tensor([-6.0, 0.0, 6.0]).expand(8, 1, 3))
+    codec.entropy_bottleneck.update(force=True)
+    codec.pdf_model.entropy_bottleneck.update(force=True)
+    return codec
+
+
+def _latent() -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    y = torch.round(torch.randn(1, 8, 6, 10, generator=g) * torch.linspace(0.5, 3, 8).view(1, -1, 1, 1))
+    y[0, 2, 1, 3] = 20.0  # an escape
+    return y
+
+
+def _streams():
+    codec, y = _codec(), _latent()
+    out = {"format_version": bs.FORMAT_VERSION, "shape": [6, 10], "symbols": _latent()[0].long().tolist(), "streams": {}}
+    with torch.no_grad():
+        for way in WAYS:
+            enc = codec.compress(y, CODING_MODES[way])
+            out["streams"][way] = {"y": enc["strings"][0][0].hex(), "pdf": enc["strings"][1][0].hex()}
+    return out
+
+
+@pytest.fixture(scope="module")
+def golden():
+    if not GOLDEN.is_file():
+        pytest.fail(f"no golden bytes for format version {bs.FORMAT_VERSION}: write {GOLDEN.name} with "
+                    "`python tests/test_bitstream.py --regenerate` (after checking the change is intended)")
+    return json.loads(GOLDEN.read_text())
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_golden_streams_decode_to_the_stored_symbols(golden, way):
+    codec = _codec()
+    s = golden["streams"][way]
+    strings = [[bytes.fromhex(s["y"])], [bytes.fromhex(s["pdf"])]]
+    with torch.no_grad():
+        y_hat = codec.decompress(strings, golden["shape"], CODING_MODES[way])["y_hat"]
+    medians = codec.entropy_bottleneck.quantiles[:, 0, 1].detach().view(1, -1, 1, 1)
+    assert torch.equal((y_hat - medians).round().long()[0], torch.tensor(golden["symbols"]))
+
+
+def test_encoder_writes_the_golden_bytes(golden):
+    """A change of the bytes must come with a new FORMAT_VERSION (and its golden file)."""
+    assert golden["format_version"] == bs.FORMAT_VERSION
+    now = _streams()
+    for way in WAYS:
+        assert now["streams"][way] == golden["streams"][way], (
+            f"{way}: the encoder's bytes changed but FORMAT_VERSION is still {bs.FORMAT_VERSION}: "
+            "raise it and write the new golden file (python tests/test_bitstream.py --regenerate)"
+        )
+
+
+def test_golden_modes_cover_the_format(golden):
+    modes = {way: bytes.fromhex(s["pdf"])[0] if s["pdf"] else None for way, s in golden["streams"].items()}
+    assert modes["static"] is None
+    assert modes["paper"] == bs.MODE_ADAPTIVE
+    assert modes["static_backward"] & bs.MODE_BACKWARD and modes["static_backward"] & 0x0F == bs.MODE_STATIC
+    assert modes["default"] & bs.MODE_BACKWARD
+
+
+# ---------------------------------------------------------------------- malformed input
+BAD_STRINGS = [
+    ([[], []], "one string per image"),
+    ([[None], [None]], "bytes"),
+    ([[b"x"]], "2 string lists"),
+    (None, "2 string lists"),
+    ([["abc"], [b""]], "bytes"),
+    ([[b"12345678"], [b"1", b"2"]], "one string per image"),
+]
+
+
+@pytest.mark.parametrize("strings, match", BAD_STRINGS)
+def test_malformed_strings_raise_bitstream_error(strings, match):
+    codec = _codec()
+    with pytest.raises(BitstreamError, match=match):
+        codec.decompress(strings, (6, 10))
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (-1, 4), (3,), None, ("a", 2), (2.5, 3), (True, 3), (100_000, 100_000), (1 << 20, 2)])
+def test_absurd_or_invalid_shapes_raise_before_any_allocation(shape, golden):
+    codec = _codec()
+    s = golden["streams"]["default"]
+    with pytest.raises(BitstreamError, match="shape"):
+        codec.decompress([[bytes.fromhex(s["y"])], [bytes.fromhex(s["pdf"])]], shape)
+
+
+@pytest.mark.parametrize("way", ["default", "paper", "static_backward"])
+@pytest.mark.parametrize("shape", [(6, 11), (5, 10), (12, 10), (1, 1)])
+def test_shape_inconsistent_with_the_stream_is_refused(golden, way, shape):
+    """Another number of positions decodes other symbols: the checksum refuses them."""
+    codec = _codec()
+    s = golden["streams"][way]
+    with pytest.raises(BitstreamError):
+        codec.decompress([[bytes.fromhex(s["y"])], [bytes.fromhex(s["pdf"])]], shape, CODING_MODES[way])
+
+
+def test_parse_side_rejects_every_malformed_header():
+    for data, match in [(b"\x01\x00", "shorter than its header"), (bytes([7]) + bytes(4), "unknown coding mode"),
+                        (bytes([bs.MODE_MIXED]) + bytes(4), "channel flags"), (bytes([bs.MODE_BACKWARD]) + bytes(4), "radius"),
+                        (bytes([bs.MODE_BACKWARD]) + bytes(4) + bytes([200]), "radius"), ("text", "bytes"),
+                        (bytes([bs.MODE_STATIC]) + bytes(4) + b"xx", "unexpected bytes")]:
+        with pytest.raises(BitstreamError, match=match):
+            bs.parse_side(data, channels=8, num_bins=256)
+
+
+def test_ideal_counts_payload_is_bounded():
+    import zlib
+
+    bomb = zlib.compress(bytes(50_000_000))  # far larger than C*B*4 once inflated
+    with pytest.raises(BitstreamError, match="wrong size"):
+        bs.unpack_counts(bomb, 8, 256)
+
+
+# ---------------------------------------------------------------------- the file
+def test_file_round_trip_and_refusals(golden):
+    s = golden["streams"]["default"]
+    strings = [[bytes.fromhex(s["y"])], [bytes.fromhex(s["pdf"])]]
+    data = bs.pack_file(strings, (96, 160), (6, 10), 0x1234ABCD)
+    assert data[:4] == bs.FILE_MAGIC and data[4] == bs.FORMAT_VERSION
+    assert bs.unpack_file(data, 0x1234ABCD) == (strings, (96, 160), (6, 10))
+    with pytest.raises(BitstreamError, match="another model"):
+        bs.unpack_file(data, 0x1234ABCE)
+    newer = bytearray(data)
+    newer[4] += 1
+    with pytest.raises(BitstreamError, match="format version"):
+        bs.unpack_file(bytes(newer))
+    with pytest.raises(BitstreamError, match="checksum|truncated"):
+        bs.unpack_file(data[:-3])
+    flipped = bytearray(data)
+    flipped[30] ^= 1
+    with pytest.raises(BitstreamError, match="checksum"):
+        bs.unpack_file(bytes(flipped))
+    with pytest.raises(BitstreamError, match="magic"):
+        bs.unpack_file(b"PNG\x89" + data[4:])
+    forged = bytearray(data[:-4])
+    struct.pack_into(">I", forged, bs._FILE_HEAD.size, 1 << 30)  # first string "longer than the file"
+    forged += struct.pack(">I", __import__("zlib").crc32(bytes(forged)))
+    with pytest.raises(BitstreamError, match="past its end"):
+        bs.unpack_file(bytes(forged))
+
+
+if __name__ == "__main__" and "--regenerate" in sys.argv:
+    GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+    GOLDEN.write_text(json.dumps(_streams(), indent=1) + "\n")
+    print(f"wrote {GOLDEN}")
