@@ -1,4 +1,4 @@
-# encdist: make install | make quickstart | make test | make bench
+# encdist: make install | make quickstart | make test | make data | make base-models | make bench
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # make quickstart OMP_NUM_THREADS=4, make test OMP_NUM_THREADS=2.
 test test-fast test-gpu: export OMP_NUM_THREADS ?= 1
 
-.PHONY: install quickstart test test-fast test-gpu bench aim clean
+.PHONY: install quickstart data base-models test test-fast test-gpu bench aim clean
 
 install: $(STAMP)
 
@@ -21,8 +21,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-quickstart: install
+# The offline photo corpus (Debian wallpaper packages + scikit-image's photographs) in
+# $${ENCDIST_DATASETS:-~/data/datasets}/photos. Without it (no apt-get), everything runs on
+# scikit-image's photographs alone, and says so.
+data: install
+	$(BIN)/python -m encdist.datasets photos || echo "make data: no photo corpus (see above); using scikit-image's photographs"
+
+quickstart: install data
 	$(BIN)/compressai-train --config-name=quickstart
+
+# The RD family of frozen transforms (weights/, MANIFEST.json): trains only what is missing
+# or does not match its checksum (about 100 minutes on 2 CPU cores for the whole family).
+base-models: install data
+	$(BIN)/python -m encdist.recipes.base_family
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -4,8 +4,9 @@ A latent of a ``W x H`` image (``H/16 x W/16`` positions, ``C`` channels) with s
 spread 3 and one stray symbol of magnitude 128 (the worst case for the tables' width) is
 coded by the default codec (p̂ + fallback + backward adaptation) of a
 ``bmshj2018-factorized-pdf`` of that latent size. Each measurement runs in a fresh process:
-the peak resident memory (``ru_maxrss``) during ``compress`` (or ``decompress``) minus the
-resident memory just before it, when the latent (or the streams) already exist. Target
+the peak resident memory (``VmHWM``, reset just before: ``/proc/self/clear_refs``) during
+``compress`` (or ``decompress``) minus the resident memory just before it, when the latent
+(or the streams) already exist. Target
 (issue 13): at most 512 MB added at 7680x4320 with M=320.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -23,13 +23,23 @@ from typing import Any, Dict
 TARGET_MB = 512.0
 
 
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
 def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    """Resident memory now; also resets the peak (VmHWM) to it, so that imports and set-up do not count."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_mb("VmRSS")
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return _status_mb("VmHWM")
 
 
 def _codec(C: int):

@@ -164,7 +164,7 @@ def _md_cost(r: Dict[str, Any]) -> List[str]:
 
 
 def _pct(v, spec="+.2f") -> str:
-    return C.fmt(v, spec) + " %" if isinstance(v, (int, float)) else str(v)
+    return C.fmt(v, spec) + " %" if isinstance(v, (int, float)) else "n/a"
 
 
 def _md_rate(r: Dict[str, Any]) -> List[str]:
@@ -188,6 +188,9 @@ def _md_rate(r: Dict[str, Any]) -> List[str]:
         L.append(f"| {ARM_LABELS[a]} |" + "".join(f" {p['bpp_' + a]:.4f} ({p[a + '_vs_static_pct']:+.2f} %) |" for p in pts)
                  + f" {_pct(bd['cubic'])} | {_pct(bd['pchip'])} | {C.fmt(gap, '.1f')} % |")
     L.append("")
+    errors = sorted({v for b in r["bd_rate"].values() for v in b.values() if isinstance(v, str)})
+    if errors:
+        L += [f"BD-rates n/a: {'; '.join(errors)}.", ""]
     L.append("Share of the static→ideal gap closed at each RD point (rate change at equal PSNR / the ideal bound's):")
     L.append("")
     L.append("| way of coding |" + "".join(f" q{p['quality']} |" for p in pts))

@@ -39,12 +39,19 @@ def _latent_crop(value) -> tuple[int, int]:
 
 @register_runner("AdaptiveDistributionRunner")
 class AdaptiveDistributionRunner(BaseRunner):
-    def __init__(self, conf, run_hash, **kwargs):
-        super().__init__(conf, run_hash, **kwargs)
-        self.skip_frozen_synthesis = bool(conf.runner.get("skip_frozen_synthesis", True))
-        self.latent_cache = bool(conf.runner.get("latent_cache", False))
-        crop = conf.runner.get("latent_crop")
-        self.latent_crop = _latent_crop(crop) if crop is not None else None
+    """The distribution codec on frozen transforms (``conf/runner/AdaptiveDistributionRunner.yaml``).
+
+    Args (besides :class:`BaseRunner`'s):
+        skip_frozen_synthesis: skip the ``g_s`` pass in training steps when ``g_s`` is frozen.
+        latent_cache: reuse the first epoch's latents of a frozen ``g_a`` in later epochs.
+        latent_crop: ``[min, max]`` latent positions a side of the random crops of cached latents.
+    """
+
+    def __init__(self, *, skip_frozen_synthesis: bool, latent_cache: bool, latent_crop, **kwargs):
+        super().__init__(**kwargs)
+        self.skip_frozen_synthesis = bool(skip_frozen_synthesis)
+        self.latent_cache = bool(latent_cache)
+        self.latent_crop = _latent_crop(latent_crop) if latent_crop is not None else None
         self._cache: list[tuple[torch.Tensor, tuple]] = []
         self._cache_complete = False
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, List
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Sequence
 
 import torch
 from catalyst import dl, metrics
@@ -28,7 +29,7 @@ from encdist.errors import CheckpointError, EncdistError
 from encdist.evaluate import evaluate_image, mean_metrics
 from encdist.results import save_results
 
-__all__ = ["BaseRunner", "NonFiniteLossError"]
+__all__ = ["BaseRunner", "InferenceOptions", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(EncdistError, FloatingPointError):
@@ -59,26 +60,49 @@ def _average_gradients(params) -> None:
         p.grad.div_(world)
 
 
+@dataclass(frozen=True)
+class InferenceOptions:
+    """``runner.inference``: what the infer loader does besides coding in the model's own way.
+
+    Attributes:
+        baselines: other ways of coding every infer image (``static``, ``ideal``, ...).
+        figures: log the RD / distribution / per-channel-rate figures to Aim.
+        every_n_epochs: also run the infer loader every this many epochs (0: only after the last).
+    """
+
+    baselines: Sequence[str]
+    figures: bool
+    every_n_epochs: int = 0
+
+
 class BaseRunner(dl.Runner):
     """Trains a CompressAI model with a "net" and an "aux" optimizer.
 
+    Built as CompressAI-Trainer builds runners: ``RUNNERS[runner.type](**runner, conf=..., run_hash=...)``.
+    The keyword arguments are the ``runner`` config group's keys (their values are written
+    once, in ``conf/runner/<type>.yaml``); an unknown key is a one-line config error.
+
     Args:
-        conf: the resolved experiment config (``runner`` group holds the options).
+        conf: the resolved experiment config (paths, Aim, criterion λ, dataset names).
         run_hash: the Aim run hash; the run folder is ``${paths._run_root}``.
+        max_nonfinite_steps: stop after this many consecutive non-finite losses.
+        clip_max_norm: clip the net gradient norm (0 disables).
+        pad_multiple: pad inference images to a multiple of this.
+        inference: :class:`InferenceOptions` keywords.
     """
 
-    def __init__(self, conf: DictConfig, run_hash: str, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, *, conf: DictConfig, run_hash: str, max_nonfinite_steps: int, clip_max_norm: float,
+                 pad_multiple: int, inference: Mapping[str, Any]):
+        super().__init__()
         self.conf = conf
         self.run_hash = run_hash
-        r = conf.runner
-        self.max_nonfinite_steps = int(r.get("max_nonfinite_steps", 10))
-        self.clip_max_norm = float(r.get("clip_max_norm") or 0)
-        self.pad_multiple = int(r.get("pad_multiple", 64))
-        inf = r.get("inference") or {}
-        self.baselines = list(inf.get("baselines") or [])
-        self.log_figures = bool(inf.get("figures", False))
-        self.infer_every = int(inf.get("every_n_epochs", 0))
+        self.max_nonfinite_steps = int(max_nonfinite_steps)
+        self.clip_max_norm = float(clip_max_norm or 0)
+        self.pad_multiple = int(pad_multiple)
+        inf = InferenceOptions(**dict(inference or {}))
+        self.baselines = list(inf.baselines or [])
+        self.log_figures = bool(inf.figures)
+        self.infer_every = int(inf.every_n_epochs)
         self.nonfinite_steps = 0
         self.train_steps = 0  # optimizer steps taken (restored on resume)
         self._consecutive_nonfinite = 0

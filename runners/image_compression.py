@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Mapping
+
 import torch
 
 from encdist.registry import register_runner
 
 from .base import BaseRunner
 
-__all__ = ["ImageCompressionRunner"]
+__all__ = ["ImageCompressionRunner", "RefitOptions"]
+
+
+@dataclass(frozen=True)
+class RefitOptions:
+    """``runner.refit_bottleneck``: refit the bottleneck density before the last infer pass.
+
+    ``steps`` Adam steps (0 disables) at ``lr`` on ``samples_per_step`` latent positions drawn
+    from the latents of ``batches`` train batches.
+    """
+
+    steps: int
+    batches: int
+    samples_per_step: int
+    lr: float
 
 
 @register_runner("ImageCompressionRunner")
@@ -23,9 +40,9 @@ class ImageCompressionRunner(BaseRunner):
     it are conservative.
     """
 
-    def __init__(self, conf, run_hash, **kwargs):
-        super().__init__(conf, run_hash, **kwargs)
-        self.refit = dict(conf.runner.get("refit_bottleneck") or {})
+    def __init__(self, *, refit_bottleneck: Mapping[str, Any], **kwargs):
+        super().__init__(**kwargs)
+        self.refit = RefitOptions(**dict(refit_bottleneck))
         self._refitted = False
 
     def _before_infer(self) -> None:
@@ -37,7 +54,7 @@ class ImageCompressionRunner(BaseRunner):
         super().on_experiment_end(runner)
 
     def _refit_once(self) -> None:
-        if self.refit.get("steps", 0) > 0 and not self._refitted:
+        if self.refit.steps > 0 and not self._refitted:
             self._refit_bottleneck()
             self._refitted = True
 
@@ -47,18 +64,18 @@ class ImageCompressionRunner(BaseRunner):
         ys = []
         with torch.no_grad():
             for i, batch in enumerate(self.loaders["train"]):
-                if i >= int(self.refit.get("batches", 32)):
+                if i >= int(self.refit.batches):
                     break
                 x = batch[0] if isinstance(batch, (list, tuple)) else batch
                 ys.append(model.g_a(x.to(next(model.parameters()).device)))
         # (samples, C, 1, 1): every latent position is one sample of each channel's density.
         y = torch.cat(ys).permute(0, 2, 3, 1).reshape(-1, eb.channels, 1, 1)
-        size = min(len(y), int(self.refit.get("samples_per_step", 2048)))
+        size = min(len(y), int(self.refit.samples_per_step))
         params = [p for n, p in eb.named_parameters() if not n.endswith("quantiles")]
-        opt = torch.optim.Adam(params, lr=float(self.refit.get("lr", 1e-3)))
+        opt = torch.optim.Adam(params, lr=float(self.refit.lr))
         eb.train()
         with torch.enable_grad():
-            for _ in range(int(self.refit["steps"])):
+            for _ in range(int(self.refit.steps)):
                 _, likelihoods = eb(y[torch.randint(len(y), (size,))])
                 loss = -torch.log2(likelihoods).mean()
                 opt.zero_grad(set_to_none=True)

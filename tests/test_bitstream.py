@@ -150,7 +150,9 @@ def test_file_round_trip_and_refusals(golden):
     strings = [[bytes.fromhex(s["y"])], [bytes.fromhex(s["pdf"])]]
     data = bs.pack_file(strings, (96, 160), (6, 10), 0x1234ABCD)
     assert data[:4] == bs.FILE_MAGIC and data[4] == bs.FORMAT_VERSION
-    assert bs.unpack_file(data, 0x1234ABCD) == (strings, (96, 160), (6, 10))
+    assert bs.unpack_file(data, 0x1234ABCD) == (strings, (96, 160), (6, 10), "adaptive")
+    for coding in bs.FILE_CODING:
+        assert bs.unpack_file(bs.pack_file(strings, (96, 160), (6, 10), 7, coding))[3] == coding
     with pytest.raises(BitstreamError, match="another model"):
         bs.unpack_file(data, 0x1234ABCE)
     newer = bytearray(data)

@@ -710,7 +710,8 @@ def test_wrong_string_structure_raises_bitstream_error(streams):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "other",
-    [dict(pdf_N=8), dict(pdf_M=8), dict(num_bins=128), dict(pdf_kernel_size=7), dict(pdf_groups=4), dict(ideal=True),
+    [dict(pdf_model=dict(N=8)), dict(pdf_model=dict(M=8)), dict(num_bins=128), dict(pdf_model=dict(kernel_size=7)),
+     dict(pdf_model=dict(groups=4)), dict(pdf_model=dict(num_downsample=2)), dict(ideal=True),
      dict(adapt_alpha=8), dict(adapt_decay=0.5), dict(adapt_phases=1)],
     ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()),
 )

@@ -140,7 +140,10 @@ def test_top_level_config_resolves_validates_and_builds(compose, name, tmp_path)
 
     runner_cls = lookup("runner", conf.runner.type)
     assert runner_cls is RUNNERS[conf.runner.type] and issubclass(runner_cls, dl.Runner)
-    runner = runner_cls(conf, RUN_HASH)
+    from encdist.cli.train import build_runner
+
+    runner = build_runner(conf, RUN_HASH)
+    assert type(runner) is runner_cls
     assert runner.run_hash == RUN_HASH and runner.max_nonfinite_steps >= 1
 
     criterion = create_criterion(conf)
@@ -348,9 +351,13 @@ def test_quickstart_criterion_settings_do_not_fit_the_plain_loss(compose):
 def test_runner_options(compose, runner):
     from encdist.registry import lookup
 
-    conf = compose("quickstart", f"runner={runner}")
+    # Each runner with the top-level config that uses it (quickstart sets AdaptiveDistributionRunner's keys).
+    conf = compose("quickstart" if runner == "AdaptiveDistributionRunner" else "base_factorized", f"runner={runner}")
     assert conf.runner.type == runner
-    instance = lookup("runner", runner)(conf, RUN_HASH)
+    from encdist.cli.train import build_runner
+
+    instance = build_runner(conf, RUN_HASH)
+    assert type(instance) is lookup("runner", runner)
     assert instance.conf is conf and instance.pad_multiple == 64
     assert instance.max_nonfinite_steps == conf.runner.max_nonfinite_steps
     assert set(instance.baselines) <= {"static", "ideal"}
@@ -359,8 +366,11 @@ def test_runner_options(compose, runner):
 def test_latent_crop_gives_sub_blocks_of_the_cached_latents(compose):
     from encdist.registry import lookup
 
+    from encdist.cli.train import build_runner
+
     conf = compose("quickstart", "runner.latent_crop=[2,3]")
-    runner = lookup("runner", "AdaptiveDistributionRunner")(conf, RUN_HASH)
+    runner = build_runner(conf, RUN_HASH)
+    assert type(runner) is lookup("runner", "AdaptiveDistributionRunner")
     assert runner.latent_crop == (2, 3)
     y = torch.arange(4 * 8 * 5 * 6, dtype=torch.float32).view(4, 8, 5, 6)
     sizes = set()
@@ -384,8 +394,24 @@ def test_bad_latent_crop_is_config_error(compose, value):
     from encdist.errors import ConfigError
     from encdist.registry import lookup
 
+    from encdist.cli.train import build_runner
+
+    assert lookup("runner", "AdaptiveDistributionRunner")
     with pytest.raises(ConfigError, match="runner.latent_crop"):
-        lookup("runner", "AdaptiveDistributionRunner")(compose("quickstart", f"runner.latent_crop={value}"), RUN_HASH)
+        build_runner(compose("quickstart", f"runner.latent_crop={value}"), RUN_HASH)
+
+
+@pytest.mark.parametrize("override, key", [("+runner.latnet_cache=true", "latnet_cache"), ("+runner.inference.figurs=true", "figurs"),
+                                           ("+runner.refit_bottleneck.stpes=1", "stpes")])
+def test_unknown_runner_key_is_a_config_error_naming_it(compose, override, key):
+    """Runners are built from their config group's keys (no silent defaults): a misspelt key is refused."""
+    from encdist.cli.train import build_runner
+    from encdist.errors import ConfigError
+
+    conf = compose("base_factorized" if "refit" in override else "quickstart", override)
+    with pytest.raises(ConfigError, match=key) as info:
+        build_runner(conf, RUN_HASH)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("engine", ["default", "cpu", "ddp"])

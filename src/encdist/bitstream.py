@@ -30,7 +30,7 @@ another platform is refused instead of decoding to a wrong image.
 
 The file ``encdist-codec`` writes holds one image, big-endian::
 
-    magic "EDC\\x89" (4) | version (1) | model fingerprint (4) | image H, W (4 + 4) |
+    magic "EDC\\x89" (4) | version (1) | coding (1) | model fingerprint (4) | image H, W (4 + 4) |
     latent h, w (2 + 2) | k string lists (1) | k x [length (4) | bytes] | crc32 of all before (4)
 
 so decoding needs nothing but the file and the model that wrote it; a file of another
@@ -76,6 +76,7 @@ __all__ = [
     "check_shape",
     "FILE_MAGIC",
     "model_fingerprint",
+    "FILE_CODING",
     "pack_file",
     "unpack_file",
 ]
@@ -282,7 +283,10 @@ def check_shape(shape) -> Tuple[int, int]:
 # ---------------------------------------------------------------------- the file (encdist-codec)
 #: First bytes of an ``encdist-codec`` file.
 FILE_MAGIC = b"EDC\x89"
-_FILE_HEAD = struct.Struct(">4sBIIIHHB")  # magic, version, model fingerprint, H, W, h, w, string lists
+_FILE_HEAD = struct.Struct(">4sBBIIIHHB")  # magic, version, coding, model fingerprint, H, W, h, w, string lists
+#: The file's coding byte: what the decoder must know beyond the streams (the adaptive codec's
+#: streams say the rest in their mode byte).
+FILE_CODING = {"adaptive": 0, "static": 1, "ideal": 2}
 _LEN = struct.Struct(">I")
 #: Largest image a file may declare (pixels a side).
 MAX_IMAGE_SIDE = 1 << 16
@@ -301,14 +305,21 @@ def model_fingerprint(model) -> int:
     return crc
 
 
-def pack_file(strings: Sequence[Sequence[bytes]], image_size: Tuple[int, int], latent_shape: Tuple[int, int], fingerprint: int) -> bytes:
-    """A self-describing file of one image: header, every string list, crc32 of all of it."""
+def pack_file(strings: Sequence[Sequence[bytes]], image_size: Tuple[int, int], latent_shape: Tuple[int, int], fingerprint: int,
+              coding: str = "adaptive") -> bytes:
+    """A self-describing file of one image: header, every string list, crc32 of all of it.
+
+    ``coding`` is :data:`FILE_CODING`'s key: ``static`` (the static bottleneck's streams,
+    no side header), ``ideal``, or ``adaptive`` (any other way of the adaptive codec).
+    """
     lists = check_strings(strings, len(strings))
     if any(len(ss) != 1 for ss in lists):
         raise BitstreamError("a file holds one image: each string list must hold one string")
     H, W = (int(v) for v in image_size)
     h, w = check_shape(latent_shape)
-    out = bytearray(_FILE_HEAD.pack(FILE_MAGIC, FORMAT_VERSION, fingerprint & 0xFFFFFFFF, H, W, h, w, len(lists)))
+    if coding not in FILE_CODING:
+        raise ValueError(f"coding must be one of {', '.join(FILE_CODING)}, got {coding!r}")
+    out = bytearray(_FILE_HEAD.pack(FILE_MAGIC, FORMAT_VERSION, FILE_CODING[coding], fingerprint & 0xFFFFFFFF, H, W, h, w, len(lists)))
     for (s,) in lists:
         out += _LEN.pack(len(s)) + bytes(s)
     out += _LEN.pack(zlib.crc32(bytes(out)))
@@ -316,22 +327,23 @@ def pack_file(strings: Sequence[Sequence[bytes]], image_size: Tuple[int, int], l
 
 
 def unpack_file(data: bytes, fingerprint: int | None = None):
-    """``(strings, (H, W), (h, w))`` of a file; one-line :class:`BitstreamError` for anything wrong."""
+    """``(strings, (H, W), (h, w), coding)`` of a file; one-line :class:`BitstreamError` for anything wrong."""
     if not isinstance(data, (bytes, bytearray)):
         raise BitstreamError(f"expected the file's bytes, got {type(data).__name__}")
     if len(data) < 4 or bytes(data[:4]) != FILE_MAGIC:
         raise BitstreamError("not an encdist-codec file (bad magic number)")
     if len(data) < _FILE_HEAD.size + _LEN.size:
         raise BitstreamError(f"truncated file: {len(data)} bytes is shorter than the header")
-    _, version, fp, H, W, h, w, k = _FILE_HEAD.unpack_from(data)
+    _, version, coding, fp, H, W, h, w, k = _FILE_HEAD.unpack_from(data)
     if version != FORMAT_VERSION:
         raise BitstreamError(f"file format version {version}: this decoder reads version {FORMAT_VERSION}")
     if zlib.crc32(bytes(data[:-_LEN.size])) != _LEN.unpack_from(data, len(data) - _LEN.size)[0]:
         raise BitstreamError("corrupt or truncated file (checksum mismatch)")
     if fingerprint is not None and fp != (fingerprint & 0xFFFFFFFF):
         raise BitstreamError(f"the file was written by another model (fingerprint {fp:08x}, this model {fingerprint & 0xFFFFFFFF:08x})")
-    if not (1 <= H <= MAX_IMAGE_SIDE and 1 <= W <= MAX_IMAGE_SIDE) or not 1 <= k <= 8:
-        raise BitstreamError(f"invalid file header (image {W}x{H}, {k} string lists)")
+    names = {v: k for k, v in FILE_CODING.items()}
+    if not (1 <= H <= MAX_IMAGE_SIDE and 1 <= W <= MAX_IMAGE_SIDE) or not 1 <= k <= 8 or coding not in names:
+        raise BitstreamError(f"invalid file header (image {W}x{H}, {k} string lists, coding {coding})")
     check_shape((h, w))
     pos, end, strings = _FILE_HEAD.size, len(data) - _LEN.size, []
     for _ in range(k):
@@ -345,4 +357,4 @@ def unpack_file(data: bytes, fingerprint: int | None = None):
         pos += n
     if pos != end:
         raise BitstreamError(f"corrupt file: {end - pos} unexpected bytes after the strings")
-    return strings, (H, W), (h, w)
+    return strings, (H, W), (h, w), names[coding]

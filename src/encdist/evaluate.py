@@ -81,12 +81,15 @@ def _ms_ssim(a: Tensor, b: Tensor) -> float | None:
 
 
 @torch.no_grad()
-def evaluate_image(model, x: Tensor, modes: Sequence[str] = ("adaptive",), pad_multiple: int = 64) -> Dict[str, Dict[str, float]]:
+def evaluate_image(model, x: Tensor, modes: Sequence[str] = ("adaptive",), pad_multiple: int = 64,
+                   streams: Dict[str, Dict] | None = None) -> Dict[str, Dict[str, float]]:
     """Compress and decompress one image ``(1, 3, H, W)`` in each mode; metrics per mode.
 
     Metrics: ``bpp``, ``bpp_y``, ``bpp_pdf``, ``bpp_side_sent`` (side bytes
     actually written, which differs from ``bpp_pdf`` only in ideal mode),
     ``psnr-rgb``, ``ms-ssim``, ``ms-ssim-db``, ``encoding_time``, ``decoding_time``.
+    With a dict ``streams``, each mode's ``{"strings", "shape", "x_hat"}`` is put in it:
+    the very streams that were measured (to save them without coding twice).
     """
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"evaluate_image takes one image (1, 3, H, W), got {tuple(x.shape)}")
@@ -101,6 +104,8 @@ def evaluate_image(model, x: Tensor, modes: Sequence[str] = ("adaptive",), pad_m
         dec = model.decompress(enc["strings"], enc["shape"], **kw)
         t2 = time.perf_counter()
         x_hat = crop_padding(dec["x_hat"], padding).clamp(0, 1)
+        if streams is not None:
+            streams[mode] = {"strings": enc["strings"], "shape": enc["shape"], "x_hat": x_hat}
         names = stream_names(model, len(enc["strings"]))
         bits = {n: 8 * sum(len(s) for s in ss) / (h * w) for n, ss in zip(names, enc["strings"])}
         side = sum(v for n, v in bits.items() if n.startswith("pdf"))

@@ -17,7 +17,7 @@ entry per run) and the per-image values beside it (``...-per-image.json``).
 With ``--save-bitstreams`` / ``--save-reconstructions``, per run (its Aim hash,
 ``env.aim.run_hash``) and image, as CompressAI-Trainer's ``compressai-eval`` keeps them::
 
-    <out-dir>/<name>/<run>/<mode>/<image stem>.bin   # what the decoder read (read_bitstream)
+    <out-dir>/<name>/<run>/<mode>/<image stem>.bin   # an encdist-codec file (encdist-codec decode reads it)
     <out-dir>/<name>/<run>/<image stem>.png          # the decoded image (the same in every mode)
 """
 
@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import struct
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Sequence
 
@@ -40,8 +38,6 @@ __all__ = ["main", "evaluate_runs", "load_run", "write_bitstream", "read_bitstre
 
 PROG = "compressai-eval"
 
-#: First bytes of :func:`write_bitstream`'s files.
-BIN_MAGIC = b"EDS0"
 
 
 def _find_checkpoint(path: Path) -> Path:
@@ -136,97 +132,41 @@ def iter_images(conf: DictConfig, dataset: str | None) -> Iterable[tuple[str, to
 
 
 # ------------------------------------------------------------------ bitstream files
-def write_bitstream(path: str | Path, strings, shape, mode: str, padding: Sequence[int]) -> Path:
-    """Writes one image's ``compress`` output to ``path``, atomically.
+def write_bitstream(path: str | Path, model, strings, shape, image_size, mode: str) -> Path:
+    """Writes one image's ``compress`` output to ``path`` as an ``encdist-codec`` file, atomically.
 
-    A plain container until the codec's own file format is used here (this is the
-    one function to change): ``EDS0``, a big-endian u32 length and a JSON header
-    (``mode``, ``shape``, ``padding``), then per string list a u32 count and per
-    string a u32 length and its bytes. The bytes are exactly those counted in ``bpp``.
+    The format is :mod:`encdist.bitstream`'s file (magic, version, coding, the model's
+    fingerprint, the image size, the streams, a checksum): ``encdist-codec decode`` reads it.
+    The streams are exactly the bytes counted in ``bpp``.
     """
+    from encdist.cli.codec import pack
     from encdist.results import write_atomic
 
-    header = json.dumps({"mode": mode, "shape": _plain_shape(shape), "padding": [int(p) for p in padding]}).encode()
-    parts = [BIN_MAGIC, struct.pack(">I", len(header)), header]
-    for ss in strings:
-        parts.append(struct.pack(">I", len(ss)))
-        for b in ss:
-            parts += [struct.pack(">I", len(b)), bytes(b)]
-    return write_atomic(path, b"".join(parts))
+    return write_atomic(path, pack(model, strings, shape, image_size, mode))
 
 
-def read_bitstream(path: str | Path) -> tuple[dict, List[List[bytes]]]:
-    """``(header, strings)`` of a file of :func:`write_bitstream`; :class:`BitstreamError` if malformed."""
-    data = Path(path).read_bytes()
+def read_bitstream(path: str | Path):
+    """``(strings, (H, W), latent shape, coding)`` of a saved file; :class:`BitstreamError` if malformed."""
+    from encdist.bitstream import unpack_file
+
     try:
-        if data[:4] != BIN_MAGIC:
-            raise ValueError("not a compressai-eval bitstream file")
-        (n,) = struct.unpack_from(">I", data, 4)
-        header, pos = json.loads(data[8 : 8 + n]), 8 + n
-        if not isinstance(header, dict) or not {"mode", "shape", "padding"} <= header.keys():
-            raise ValueError("header lacks mode, shape or padding")
-        strings = []
-        while pos < len(data):
-            (count,), pos = struct.unpack_from(">I", data, pos), pos + 4
-            ss = []
-            for _ in range(count):
-                (length,), pos = struct.unpack_from(">I", data, pos), pos + 4
-                if pos + length > len(data):
-                    raise ValueError("truncated")
-                ss.append(data[pos : pos + length])
-                pos += length
-            strings.append(ss)
-        return header, strings
-    except struct.error:
-        raise BitstreamError(f"{path}: truncated") from None
-    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise BitstreamError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        return unpack_file(data)
+    except BitstreamError as e:
         raise BitstreamError(f"{path}: {e}") from None
 
 
 def decode_bitstream(model, path: str | Path) -> torch.Tensor:
-    """The image ``(1, 3, H, W)`` that ``model`` decodes from a file of :func:`write_bitstream`."""
-    from encdist.datasets import crop_padding
+    """The image ``(1, 3, H, W)`` that ``model`` decodes from a saved file."""
+    from encdist.cli.codec import decode_file
 
-    header, strings = read_bitstream(path)
-    kw = {}
-    if hasattr(model, "adaptive_codec"):
-        from encdist.latent_codecs import CODING_MODES
-
-        if CODING_MODES.get(header["mode"]) is not None:
-            kw["options"] = CODING_MODES[header["mode"]]
-    x_hat = model.decompress(strings, header["shape"], **kw)["x_hat"]
-    return crop_padding(x_hat, tuple(header["padding"])).clamp(0, 1)
-
-
-def _plain_shape(shape):
-    if isinstance(shape, (list, tuple)):
-        return [_plain_shape(s) for s in shape]
-    return int(shape)
-
-
-@contextmanager
-def _recording(model) -> Iterator[list]:
-    """What ``compress`` / ``decompress`` return while :func:`~encdist.evaluate.evaluate_image` codes.
-
-    One ``{"enc", "dec"}`` per call, in the order of the modes, so that the files
-    saved are the very bitstreams that were measured (no second encoding).
-    """
-    calls: list = []
-    compress, decompress = model.compress, model.decompress
-
-    def recorded_compress(*args, **kwargs):
-        calls.append({"enc": compress(*args, **kwargs)})
-        return calls[-1]["enc"]
-
-    def recorded_decompress(*args, **kwargs):
-        calls[-1]["dec"] = decompress(*args, **kwargs)
-        return calls[-1]["dec"]
-
-    model.compress, model.decompress = recorded_compress, recorded_decompress
     try:
-        yield calls
-    finally:
-        del model.compress, model.decompress
+        return decode_file(model, Path(path).read_bytes())
+    except BitstreamError as e:
+        raise BitstreamError(f"{path}: {e}") from None
 
 
 def _save_png(x: torch.Tensor, path: Path) -> None:
@@ -242,18 +182,14 @@ def _save_png(x: torch.Tensor, path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def _save_coded(folder: Path, image: str, x: torch.Tensor, modes: Sequence[str], calls: list, pad_multiple: int, bitstreams: bool, reconstructions: bool) -> None:
-    from encdist.datasets import crop_padding, pad_to_multiple
-
-    if len(calls) != len(modes) or any("dec" not in c for c in calls):
-        raise RuntimeError(f"expected one compress and decompress per mode {list(modes)}, saw {len(calls)}")
+def _save_coded(folder: Path, image: str, model, x: torch.Tensor, streams: Dict[str, dict], bitstreams: bool,
+                reconstructions: bool) -> None:
     stem = Path(image).stem
-    _, padding = pad_to_multiple(x, pad_multiple)
     if bitstreams:
-        for mode, call in zip(modes, calls):
-            write_bitstream(folder / mode / f"{stem}.bin", call["enc"]["strings"], call["enc"]["shape"], mode, padding)
+        for mode, st in streams.items():
+            write_bitstream(folder / mode / f"{stem}.bin", model, st["strings"], st["shape"], x.shape[-2:], mode)
     if reconstructions:  # every mode decodes the same latent: one image
-        _save_png(crop_padding(calls[0]["dec"]["x_hat"], padding), folder / f"{stem}.png")
+        _save_png(next(iter(streams.values()))["x_hat"], folder / f"{stem}.png")
 
 
 def _run_folders(runs: List[tuple], root: Path) -> List[Path]:
@@ -299,10 +235,10 @@ def evaluate_runs(
         rows: Dict[str, list] = {m: [] for m in use}
         for name, x in iter_images(conf, dataset):
             x = x.to(device)
-            with _recording(model) as calls:
-                res = evaluate_image(model, x, modes=use, pad_multiple=pad_multiple)
+            streams: Dict[str, dict] = {}
+            res = evaluate_image(model, x, modes=use, pad_multiple=pad_multiple, streams=streams if saving else None)
             if folder is not None:
-                _save_coded(folder, name, x, use, calls, pad_multiple, save_bitstreams, save_reconstructions)
+                _save_coded(folder, name, model, x, streams, save_bitstreams, save_reconstructions)
             for m in use:
                 rows[m].append(dict(res[m], image=name))
         for m in use:
@@ -319,7 +255,7 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--config-name", help="evaluate a config instead (extra positional args are overrides)")
     p.add_argument("--config-path", help="folder of your own configs (default: encdist's)")
     p.add_argument("--dataset", help="flat folder of images (default: the config's infer dataset)")
-    p.add_argument("--modes", default="adaptive,static,ideal", help="coding modes (adaptive, static, ideal)")
+    p.add_argument("--modes", default="adaptive,static,ideal", help="ways of coding, comma-separated (encdist.latent_codecs.CODING_MODES: adaptive, static, ideal, paper, fallback, static_backward, default)")
     p.add_argument("--out-dir", default="results", help="where results JSONs go")
     p.add_argument("--name", help="curve name (default: the model name)")
     p.add_argument("--pad-multiple", type=int, default=64)
@@ -330,7 +266,7 @@ def main(argv: List[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         import encdist  # noqa: F401
-        from encdist.evaluate import MODES
+        from encdist.latent_codecs import CODING_MODES
         from encdist.results import save_results
         from encdist.threads import apply_threads
 
@@ -339,9 +275,9 @@ def main(argv: List[str] | None = None) -> int:
             raise ConfigError(f"--device {args.device}: CUDA is not available here")
 
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-        bad = [m for m in modes if m not in MODES]
+        bad = [m for m in modes if m not in CODING_MODES]
         if bad or not modes:
-            raise ConfigError(f"--modes: unknown mode {', '.join(bad) or '(none)'} (known: {', '.join(MODES)})")
+            raise ConfigError(f"--modes: unknown mode {', '.join(bad) or '(none)'} (known: {', '.join(CODING_MODES)})")
         if args.config_name:
             runs = [load_config(args.config_name, args.runs, args.config_path)]
         elif args.runs:

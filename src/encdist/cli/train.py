@@ -85,10 +85,10 @@ def ensure_pretrained(conf: DictConfig) -> None:
 
 
 def build_runner(conf: DictConfig, run_hash: str):
-    from encdist.registry import lookup
+    """``RUNNERS[runner.type](**runner, conf=conf, run_hash=run_hash)``; a bad key is a one-line ConfigError."""
+    from encdist.config.factory import create
 
-    cls = lookup("runner", conf.runner.type)
-    return cls(conf, run_hash)
+    return create("runner", conf.runner, "runner", conf=conf, run_hash=run_hash)
 
 
 def train(conf: DictConfig) -> Dict[str, Any]:

@@ -118,13 +118,13 @@ def _lookup_at(group: str, name, key: str):
         raise ConfigError(f"{key}: {e}") from None
 
 
-def create(group: str, conf: Mapping[str, Any], where: str | None = None, **extra) -> Any:
-    """Instantiate the registry entry ``conf["type"]`` of ``group`` with the other keys as arguments."""
+def create(group: str, group_conf: Mapping[str, Any], where: str | None = None, /, **extra) -> Any:
+    """Instantiate the registry entry ``group_conf["type"]`` of ``group`` with the other keys as arguments."""
     where = where or group
-    conf = to_dict(conf) or {}
-    kind = _require(conf, "type", where)
+    group_conf = to_dict(group_conf) or {}
+    kind = _require(group_conf, "type", where)
     cls = _lookup_at(group, kind, f"{where}.type")
-    kwargs = {k: v for k, v in conf.items() if k != "type"}
+    kwargs = {k: v for k, v in group_conf.items() if k != "type"}
     try:
         return cls(**kwargs, **extra)
     except (TypeError, ValueError) as e:  # bad / out-of-range arguments, e.g. Adam(lr=-1)

@@ -51,6 +51,8 @@ __all__ = [
     "KODAK_SIZE",
     "default_root",
     "prepare",
+    "is_complete",
+    "expected_files",
     "PhotoCorpus",
 ]
 
@@ -168,16 +170,34 @@ def _save_png(img: Image.Image, path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def prepare(root: Optional[PathLike] = None, *, log: Callable[[str], None] = print) -> Path:
-    """Build the corpus under ``root`` (default :func:`default_root`); skip what is there.
+def expected_files() -> Dict[str, List[str]]:
+    """``{split: [file names]}`` of the corpus."""
+    out = {split: [f"{stem}.png" for stem in stems] for split, stems in PHOTO_SPLITS.items()}
+    out["train"] += [f"skimage_{name}.png" for name in SKIMAGE_TRAIN]
+    return out
 
-    Returns ``root``. Raises :class:`DatasetError` (one line) when the packages cannot be
-    fetched (no ``apt-get``, no network) or a photograph of :data:`PHOTO_SPLITS` is missing.
+
+def is_complete(root: PathLike) -> bool:
+    root = Path(root)
+    return (root / "SPLITS.tsv").is_file() and all((root / s / f).is_file() for s, fs in expected_files().items() for f in fs)
+
+
+def prepare(root: Optional[PathLike] = None, *, sources: Optional[Dict[str, Path]] = None,
+            log: Callable[[str], None] = print) -> Path:
+    """Build the corpus under ``root`` (default :func:`default_root`), unless it is complete.
+
+    ``sources`` (``{file stem: image path}``) replaces the download (tests). Returns ``root``.
+    Raises :class:`DatasetError` (one line) when the packages cannot be fetched (no
+    ``apt-get``, no network) or a photograph of :data:`PHOTO_SPLITS` is missing.
     """
     root = Path(root) if root is not None else default_root()
-    cache = root / ".sources"
-    cache.mkdir(parents=True, exist_ok=True)
-    sources = fetch_sources(cache)
+    if sources is None and is_complete(root):
+        log(f"photo corpus in {root}: complete (SPLITS.tsv)")
+        return root
+    if sources is None:
+        cache = root / ".sources"
+        cache.mkdir(parents=True, exist_ok=True)
+        sources = fetch_sources(cache)
     missing = [s for names in PHOTO_SPLITS.values() for s in names if s not in sources]
     if missing:
         raise DatasetError(f"the packages {', '.join(PHOTO_PACKAGES)} lack the photographs: {', '.join(missing)}")
@@ -189,7 +209,8 @@ def prepare(root: Optional[PathLike] = None, *, log: Callable[[str], None] = pri
             src = sources[stem]
             img = load_image(src)
             out = _resize_short_side(img, TRAIN_SHORT_SIDE) if split == "train" else _kodak_crop(img)
-            rows.append((split, f"{stem}.png", src.parent.parent.parent.parent.name, f"{img.width}x{img.height}",
+            package = next((p for p in PHOTO_PACKAGES if p in src.parts), src.parent.name)
+            rows.append((split, f"{stem}.png", package, f"{img.width}x{img.height}",
                          _save_png(out, folder / f"{stem}.png")))
     for name in SKIMAGE_TRAIN:
         arr = skimage_image(name)

@@ -58,23 +58,17 @@ class AdaptiveModelMixin:
     #: ``forward(x, y=g_a(x))`` is supported, so a runner may cache ``y`` of a frozen ``g_a``.
     latent_input: bool = False
 
-    def _init_adaptive(
-        self,
-        pdf_N: int | None = None,
-        pdf_M: int | None = None,
-        pdf_kernel_size: int = 15,
-        pdf_groups: int = 8,
-        **codec_kwargs,
-    ) -> None:
+    def _init_adaptive(self, pdf_model: Mapping[str, Any] | None = None, **codec_kwargs) -> None:
         """Replace the static bottleneck by the adaptive codec around it.
 
-        ``pdf_*`` size the distribution codec; every other keyword
+        ``pdf_model`` holds :class:`~encdist.pdf_model.PdfModel`'s keyword arguments (``N``,
+        ``M``, ``kernel_size``, ``groups``, ``num_downsample``); every other keyword
         (``num_bins``, ``fallback_static``, ``backward_adaptation``, …) goes to
-        :class:`AdaptiveEntropyBottleneckLatentCodec`, whose signature holds the
-        defaults (an unknown one is a ``TypeError``, reported as a config error).
+        :class:`AdaptiveEntropyBottleneckLatentCodec`. Their signatures hold the defaults
+        (an unknown key is a ``TypeError``, reported as a config error naming it).
         """
         eb = self._modules.pop("entropy_bottleneck")
-        pdf = {"N": pdf_N, "M": pdf_M, "kernel_size": pdf_kernel_size, "groups": pdf_groups}
+        pdf = dict(pdf_model or {})
         self.adaptive_codec = AdaptiveEntropyBottleneckLatentCodec(entropy_bottleneck=eb, pdf_model=pdf, **codec_kwargs)
 
     @property
@@ -177,8 +171,8 @@ class FactorizedPriorPdf(AdaptiveModelMixin, FactorizedPrior):
 
     Ulhaq & Bajić, "Learned Compression of Encoding Distributions", ICIP 2024.
     Keyword arguments after ``N``, ``M`` configure the codec: ``num_bins``,
-    ``bound_factor``, ``enable_adaptive``, ``ideal``, ``fallback_static`` and
-    the pdf model's ``pdf_N``, ``pdf_M``, ``pdf_kernel_size``, ``pdf_groups``.
+    ``bound_factor``, ``enable_adaptive``, ``ideal``, ``fallback_static``, … and
+    ``pdf_model``, the distribution codec's keyword arguments (``{"N": 32, "M": 16}``, …).
     """
 
     latent_input = True
