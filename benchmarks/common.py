@@ -155,7 +155,7 @@ def completed_runs(root: Path) -> Dict[float, Path]:
     """λ -> run folder of adaptive runs under ``root`` that finished all their epochs (latest wins)."""
     from omegaconf import OmegaConf
 
-    from encdist.checkpoint import safe_load
+    from encdist.training.checkpoint import safe_load
 
     out: Dict[float, Path] = {}
     runs = sorted((root / "runs").glob("*"), key=lambda p: p.stat().st_mtime) if (root / "runs").is_dir() else []

@@ -12,7 +12,7 @@ import _helpers as H
 def section_cost(args) -> Dict[str, Any]:
     from compressai.models import FactorizedPrior, ScaleHyperprior
 
-    from encdist.pdf_model import PdfModel
+    from encdist.codec.pdf_model import PdfModel
 
     H_, W_ = 512, 768
     pixels = H_ * W_

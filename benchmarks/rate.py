@@ -7,7 +7,7 @@ corpus' train split exactly as the quickstart does (``compressai-train
 with real bitstreams in each way of :data:`ARMS` and with the static bottleneck (the
 anchor). Per RD point and as BD-rates (cubic and PCHIP) against the static bottleneck on the
 same transforms, with the share of the static→ideal gap each way closes
-(:func:`encdist.bd.gap_share`). Writes CompressAI-format results JSONs (one per way of
+(:func:`encdist.evaluation.bd.gap_share`). Writes CompressAI-format results JSONs (one per way of
 coding) and an RD figure with the paper's published Kodak curves next to them.
 
 Trained runs are cached in ``benchmarks/_work/`` keyed by the training settings, the weights'
@@ -99,10 +99,10 @@ def _train(args, prof, fam, wdir: Path) -> Dict[int, Path]:
 
 @torch.no_grad()
 def _evaluate(run: Path, images) -> Dict[str, Any]:
-    from encdist.bitstream import MODE_BACKWARD, MODE_MIXED, MODE_STATIC, parse_side, unpack_mask
+    from encdist.codec.bitstream import MODE_BACKWARD, MODE_MIXED, MODE_STATIC, parse_side, unpack_mask
     from encdist.cli.eval import load_run
     from encdist.datasets import pad_to_multiple
-    from encdist.evaluate import evaluate_image
+    from encdist.evaluation.evaluate import evaluate_image
 
     model, conf, ckpt = load_run(run)
     model = model.cpu().eval()
@@ -121,7 +121,7 @@ def _evaluate(run: Path, images) -> Dict[str, Any]:
 
 
 def _point(f: Dict[str, Any], ev: Dict[str, Any]) -> Dict[str, Any]:
-    from encdist.bd import gap_share
+    from encdist.evaluation.bd import gap_share
 
     rows = ev["rows"]
     m = lambda mode, key: C.mean([r[mode].get(key) for r in rows])  # noqa: E731
@@ -146,7 +146,7 @@ def _point(f: Dict[str, Any], ev: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _bd(points, key: str, method: str):
-    from encdist.bd import bd_rate
+    from encdist.evaluation.bd import bd_rate
 
     try:
         return bd_rate([p["bpp_static"] for p in points], [p["psnr"] for p in points],
@@ -157,8 +157,8 @@ def _bd(points, key: str, method: str):
 
 def paper_reference() -> Dict[str, Any]:
     """The paper's Kodak BD-rates and gap share, from the published curves in results/reference/kodak."""
-    from encdist.bd import bd_rate, gap_share
-    from encdist.results import load_results
+    from encdist.evaluation.bd import bd_rate, gap_share
+    from encdist.evaluation.results import load_results
 
     d = C.ROOT / "results" / "reference" / "kodak"
     files = {
@@ -176,8 +176,8 @@ def paper_reference() -> Dict[str, Any]:
 
 def _write_results(out_dir: Path, points, source: str) -> Dict[str, str]:
     """CompressAI-format results JSONs (one per way of coding) and the RD figure with the paper's curves."""
-    from encdist.plotting import plot_rd, reference_results_dir, save_figure
-    from encdist.results import load_results, save_results
+    from encdist.evaluation.plotting import plot_rd, reference_results_dir, save_figure
+    from encdist.evaluation.results import load_results, save_results
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files, curves = {}, []
@@ -235,7 +235,7 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     out["stages"]["evaluation_s"] = time.perf_counter() - t
     out["points"], out["per_image"] = points, per_image
 
-    from encdist.bd import gap_share
+    from encdist.evaluation.bd import gap_share
 
     bd = {a: {m: _bd(points, f"bpp_{a}", m) for m in ("cubic", "pchip")} for a in ARMS}
     out["bd_rate"] = bd

@@ -28,10 +28,10 @@ def _coding_image():
 
 def _call_timer(model, mode: str) -> "H.CallTimer":
     """Timers around the steps of the codec's own compress/decompress (real code path)."""
-    import encdist.backward as bw
-    import encdist.bitstream as bs
+    import encdist.codec.backward as bw
+    import encdist.codec.bitstream as bs
     import encdist.latent_codecs.adaptive as lc
-    import encdist.pdf_model as pm
+    import encdist.codec.pdf_model as pm
 
     codec, pdf = model.adaptive_codec, model.adaptive_codec.pdf_model
     ct = H.CallTimer()

@@ -29,7 +29,7 @@ class _Arm:
 
     def __init__(self, name, model, frozen: Sequence[str], with_x_hat: bool, device, lmbda, target_size, clip=1.0):
         from encdist.config.factory import trainable_parameter_groups
-        from encdist.losses import AdaptiveRateDistortionLoss
+        from encdist.training.losses import AdaptiveRateDistortionLoss
 
         self.name, self.with_x_hat, self.device, self.clip = name, with_x_hat, device, clip
         self.model = model.to(device).train()

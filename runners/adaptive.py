@@ -111,7 +111,7 @@ class AdaptiveDistributionRunner(BaseRunner):
     def _log_infer_figures(self, x) -> None:
         if self.aim is None:
             return
-        from encdist.plotting import plot_channel_rates, plot_distributions, plot_rd
+        from encdist.evaluation.plotting import plot_channel_rates, plot_distributions, plot_rd
 
         model = self.raw_model
         x_pad, _ = pad_to_multiple(x, self.pad_multiple)
@@ -142,8 +142,8 @@ class AdaptiveDistributionRunner(BaseRunner):
         meta = self.conf.dataset.infer.get("meta") or {}
         if meta.get("name") != "kodak":
             return []
-        from encdist.plotting import reference_results_dir
-        from encdist.results import load_results
+        from encdist.evaluation.plotting import reference_results_dir
+        from encdist.evaluation.results import load_results
 
         ref = reference_results_dir()
         return [load_results(f) for f in sorted(ref.glob("*.json"))] if ref else []

@@ -2,7 +2,7 @@
 
 A runner only orchestrates: the model, criterion, optimizers, loaders and
 loggers come from the config factory (:mod:`encdist.config`); coding and
-metrics come from :mod:`encdist.evaluate`. Per loader it tracks the
+metrics come from :mod:`encdist.evaluation.evaluate`. Per loader it tracks the
 criterion's outputs and ``aux_loss``; on the infer loader it codes every image
 with real bitstreams and writes a CompressAI-format results JSON.
 
@@ -24,10 +24,10 @@ import torch
 from catalyst import dl, metrics
 from omegaconf import DictConfig
 
-from encdist.checkpoint import atomic_save, safe_load
+from encdist.training.checkpoint import atomic_save, safe_load
 from encdist.errors import CheckpointError, EncdistError
-from encdist.evaluate import evaluate_image, mean_metrics
-from encdist.results import save_results
+from encdist.evaluation.evaluate import evaluate_image, mean_metrics
+from encdist.evaluation.results import save_results
 
 __all__ = ["BaseRunner", "InferenceOptions", "NonFiniteLossError"]
 
@@ -116,7 +116,7 @@ class BaseRunner(dl.Runner):
 
     def get_loggers(self):
         """The Aim logger, opened in the process that logs (rank 0 under DDP; never pickled)."""
-        from encdist.aim_logger import AimLogger
+        from encdist.training.aim_logger import AimLogger
 
         a = self.conf.env.aim
         loggers = super().get_loggers()  # Catalyst's console logger

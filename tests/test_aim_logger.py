@@ -1,4 +1,4 @@
-"""Tests of encdist.aim_logger: Aim tracking for catalyst runners."""
+"""Tests of encdist.training.aim_logger: Aim tracking for catalyst runners."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def repo(tmp_path, _template_repo):
 
 # --------------------------------------------------------------------------- basics
 def test_new_run_hash_is_aim_style():
-    from encdist.aim_logger import new_run_hash
+    from encdist.training.aim_logger import new_run_hash
 
     a, b = new_run_hash(), new_run_hash()
     assert a != b and len(a) == 24 and int(a, 16) >= 0
@@ -85,7 +85,7 @@ def test_new_run_hash_is_aim_style():
 def test_epoch_metrics_per_loader_context(tmp_path, repo):
     import aim
 
-    from encdist.aim_logger import AimLogger, new_run_hash
+    from encdist.training.aim_logger import AimLogger, new_run_hash
 
     run_hash = new_run_hash()
     (tmp_path / "runs" / run_hash).mkdir(parents=True)  # runner makes the run folder first
@@ -118,7 +118,7 @@ def test_epoch_metrics_per_loader_context(tmp_path, repo):
 
 
 def test_batch_metrics_use_batch_or_sample_step(repo):
-    from encdist.aim_logger import AimLogger
+    from encdist.training.aim_logger import AimLogger
 
     with AimLogger(repo, log_batch_metrics=True, log_epoch_metrics=False) as logger:
         for batch_step in (1, 2, 3):
@@ -141,7 +141,7 @@ def test_hparams_round_trip_resolves_omegaconf(repo):
     import aim
     from omegaconf import OmegaConf
 
-    from encdist.aim_logger import AimLogger
+    from encdist.training.aim_logger import AimLogger
 
     conf = OmegaConf.create(
         {
@@ -162,7 +162,7 @@ def test_hparams_round_trip_resolves_omegaconf(repo):
 def test_bad_config_interpolation_is_one_line_error(repo):
     from omegaconf import OmegaConf
 
-    from encdist.aim_logger import AimLogger
+    from encdist.training.aim_logger import AimLogger
     from encdist.errors import ConfigError
 
     with AimLogger(repo) as logger:
@@ -174,7 +174,7 @@ def test_bad_config_interpolation_is_one_line_error(repo):
 def test_resume_appends_to_same_run(repo):
     import aim
 
-    from encdist.aim_logger import AimLogger, TrackingError
+    from encdist.training.aim_logger import AimLogger, TrackingError
     from encdist.errors import ConfigError
 
     first = AimLogger(repo, experiment="exp")
@@ -210,7 +210,7 @@ def test_log_figure_and_image(repo):
     import numpy as np
     from aim.storage.context import Context
 
-    from encdist.aim_logger import AimLogger, TrackingError
+    from encdist.training.aim_logger import AimLogger, TrackingError
 
     fig, ax = plt.subplots(figsize=(3, 2), dpi=50)
     ax.plot([0.1, 0.2, 0.4], [30.0, 32.0, 35.0], "o-")
@@ -245,7 +245,7 @@ def test_two_loggers_in_one_process(repo):
     """Closing (and indexing) one run does not disturb another run open in the same process."""
     import numpy as np
 
-    from encdist.aim_logger import AimLogger
+    from encdist.training.aim_logger import AimLogger
 
     a, b = AimLogger(repo), AimLogger(repo)
     _log_epochs(a, [1])
@@ -261,7 +261,7 @@ def test_two_loggers_in_one_process(repo):
 def test_no_threads_left_after_close(repo):
     import threading
 
-    from encdist.aim_logger import AimLogger
+    from encdist.training.aim_logger import AimLogger
 
     before = {t.ident for t in threading.enumerate()}
     logger = AimLogger(repo)
@@ -273,7 +273,7 @@ def test_no_threads_left_after_close(repo):
 
 
 def _crashing_writer(repo: str, run_hash: str) -> None:
-    from encdist.aim_logger import AimLogger
+    from encdist.training.aim_logger import AimLogger
 
     logger = AimLogger(repo, run_hash=run_hash)
     _log_epochs(logger, [1, 2])
@@ -282,7 +282,7 @@ def _crashing_writer(repo: str, run_hash: str) -> None:
 
 def test_resume_after_crash(repo):
     """A run whose process was SIGKILLed can be resumed: its stale lock is detected."""
-    from encdist.aim_logger import AimLogger, new_run_hash
+    from encdist.training.aim_logger import AimLogger, new_run_hash
 
     run_hash = new_run_hash()
     proc = mp.get_context("fork").Process(target=_crashing_writer, args=(repo, run_hash))
@@ -308,7 +308,7 @@ def test_catalyst_runner_uses_logger(repo, monkeypatch):
     from catalyst import dl
     from torch.utils.data import DataLoader, TensorDataset
 
-    from encdist.aim_logger import AimLogger
+    from encdist.training.aim_logger import AimLogger
 
     if not hasattr(DistributedType, "TPU"):
         # catalyst 22.4's Engine.mean_reduce_ddp_metrics names DistributedType.TPU,
@@ -343,7 +343,7 @@ def test_catalyst_runner_uses_logger(repo, monkeypatch):
 
 # ------------------------------------------------------------------ two processes
 def _import_aim_logger_only():
-    """Import ``encdist.aim_logger`` without running ``encdist/__init__``.
+    """Import ``encdist.training.aim_logger`` without running ``encdist/__init__``.
 
     The package ``__init__`` registers models (imports compressai etc.), which
     would add seconds to each spawned worker's start-up; the logger needs none of it.
@@ -358,7 +358,7 @@ def _import_aim_logger_only():
         package.__path__ = list(spec.submodule_search_locations)
         package.__spec__ = spec
         sys.modules["encdist"] = package
-    return importlib.import_module("encdist.aim_logger")
+    return importlib.import_module("encdist.training.aim_logger")
 
 
 def _concurrent_worker(repo: str, worker: int, n: int, barrier) -> None:
@@ -411,7 +411,7 @@ def test_two_processes_share_one_repo(tmp_path):
 # ---------------------------------------------------------------- aim up dashboard
 @pytest.mark.slow
 def test_aim_up_dashboard_serves_logged_metrics(tmp_path):
-    from encdist.aim_logger import AimLogger
+    from encdist.training.aim_logger import AimLogger
 
     repo = tmp_path / "aim"
     steps = [1, 2, 3]

@@ -1,4 +1,4 @@
-"""Backward adaptation (``encdist.backward`` and the codec's ``MODE_BACKWARD`` streams).
+"""Backward adaptation (``encdist.codec.backward`` and the codec's ``MODE_BACKWARD`` streams).
 
 tensorflow-compression style: small untrained modules with fixed seeds;
 decoding gives back the quantized latent bit for bit, the actual bits are at
@@ -18,7 +18,7 @@ from compressai.entropy_models import EntropyBottleneck
 from compressai.registry import MODELS
 
 import encdist  # noqa: F401  (registers the models)
-from encdist.backward import (
+from encdist.codec.backward import (
     COUNT_ONE,
     _Setup,
     adapted_tables,
@@ -27,8 +27,8 @@ from encdist.backward import (
     stream_layout,
     table_indexes,
 )
-from encdist.bitstream import parse_side
-from encdist.coding import static_tables
+from encdist.codec.bitstream import parse_side
+from encdist.codec.coding import static_tables
 from encdist.latent_codecs import MODE_ADAPTIVE, MODE_BACKWARD, MODE_STATIC, AdaptiveEntropyBottleneckLatentCodec
 
 HEADER = 5

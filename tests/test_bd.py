@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from encdist.bd import BD_METHODS, bd_psnr, bd_rate, validate_curve
+from encdist.evaluation.bd import BD_METHODS, bd_psnr, bd_rate, validate_curve
 from encdist.errors import ConfigError
-from encdist.plotting import reference_results_dir
-from encdist.results import load_results
+from encdist.evaluation.plotting import reference_results_dir
+from encdist.evaluation.results import load_results
 
 RATE = np.array([0.12, 0.19, 0.29, 0.44, 0.65, 0.97, 1.35, 1.83])
 PSNR = np.array([26.9, 28.2, 29.6, 31.3, 33.0, 35.4, 37.4, 39.6])

@@ -1,4 +1,4 @@
-"""The bitstream format (``encdist.bitstream``): golden bytes, parsing, bounded decoding, the file.
+"""The bitstream format (``encdist.codec.bitstream``): golden bytes, parsing, bounded decoding, the file.
 
 Golden bytes (tensorflow-compression style): ``tests/data/golden_v<FORMAT_VERSION>.json`` holds
 streams written by a small codec of fixed seed in every way of coding, with the symbols they
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import encdist  # noqa: F401
-from encdist import bitstream as bs
+from encdist.codec import bitstream as bs
 from encdist.errors import BitstreamError
 from encdist.latent_codecs import CODING_MODES, AdaptiveEntropyBottleneckLatentCodec
 

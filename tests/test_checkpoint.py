@@ -1,4 +1,4 @@
-"""Tests of encdist.checkpoint: crash-safe saving, checked loading, architecture checks."""
+"""Tests of encdist.training.checkpoint: crash-safe saving, checked loading, architecture checks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from encdist.checkpoint import DYNAMIC_BUFFERS, atomic_save, check_compatible, safe_load
+from encdist.training.checkpoint import DYNAMIC_BUFFERS, atomic_save, check_compatible, safe_load
 from encdist.errors import CheckpointError, EncdistError
 
 N_FLOATS = 12_500_000  # 50 MB of float32

@@ -29,9 +29,9 @@ from encdist.latent_codecs import (
     MODE_STATIC,
     AdaptiveEntropyBottleneckLatentCodec,
 )
-from encdist.bitstream import pack_mask, unpack_mask
-from encdist.coding import mixed_tables
-from encdist.losses import AdaptiveRateDistortionLoss
+from encdist.codec.bitstream import pack_mask, unpack_mask
+from encdist.codec.coding import mixed_tables
+from encdist.training.losses import AdaptiveRateDistortionLoss
 
 MODEL_NAMES = ["bmshj2018-factorized-pdf", "bmshj2018-hyperprior-pdf", "mbt2018-mean-pdf"]
 STOCK = {

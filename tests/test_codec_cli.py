@@ -22,7 +22,7 @@ def _run_folder(root: Path, seed: int, scale: float = 40.0) -> Path:
     from omegaconf import OmegaConf
 
     import encdist  # noqa: F401
-    from encdist.checkpoint import atomic_save
+    from encdist.training.checkpoint import atomic_save
     from encdist.config.factory import create_model, register_resolvers
 
     register_resolvers()

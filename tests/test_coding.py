@@ -1,4 +1,4 @@
-"""Tests of ``encdist.coding``: vectorized quantized CDFs, rANS round trips, safe decoding.
+"""Tests of ``encdist.codec.coding``: vectorized quantized CDFs, rANS round trips, safe decoding.
 
 The hostile-input decodes run in a subprocess: a decoder that reads outside its
 buffer would crash that process (negative return code), not pytest.
@@ -15,7 +15,7 @@ import pytest
 import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 
-from encdist.coding import (
+from encdist.codec.coding import (
     PRECISION,
     decode_with_indexes,
     encode_with_indexes,
@@ -223,7 +223,7 @@ HOSTILE = textwrap.dedent(
     import json, random, sys, time
     import torch
     from compressai.entropy_models import EntropyBottleneck
-    from encdist.coding import (decode_with_indexes, encode_with_indexes, quantized_cdf_table,
+    from encdist.codec.coding import (decode_with_indexes, encode_with_indexes, quantized_cdf_table,
                                 entropy_bottleneck_decompress)
     from encdist.errors import BitstreamError
 

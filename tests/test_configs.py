@@ -633,7 +633,7 @@ def test_zoo_without_network_is_pretrained_weights_error(compose, monkeypatch):
 def test_zoo_real_download_offline_fails_fast(monkeypatch, tmp_path):
     """Unmocked: without network the zoo download fails (quickly) with PretrainedWeightsError."""
     from encdist.errors import PretrainedWeightsError
-    from encdist.pretrained import zoo_state_dict
+    from encdist.training.pretrained import zoo_state_dict
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no cached weights, no pollution
     result = {}

@@ -59,8 +59,8 @@ def test_ddp_engine_options():
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path, pretrained):
-    from encdist.checkpoint import safe_load
-    from encdist.results import load_results
+    from encdist.training.checkpoint import safe_load
+    from encdist.evaluation.results import load_results
 
     root = tmp_path / "root"
     proc = _ddp(root, pretrained)

@@ -1,4 +1,4 @@
-"""Tests of ``encdist.histogram``: exact, soft and straight-through per-channel histograms.
+"""Tests of ``encdist.codec.histogram``: exact, soft and straight-through per-channel histograms.
 
 Small tensors, fixed seeds, no training: tensorflow-compression style.
 """
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from encdist.histogram import (
+from encdist.codec.histogram import (
     bin_coordinates,
     bound_ste,
     hard_histogram,

@@ -292,7 +292,7 @@ def test_example_adaptive_reads_vimeo_and_kodak_as_published(compose, tmp_path, 
 
 # ----------------------------------------------------------------------------- zoo weights
 def test_zoo_cache_file_is_where_torch_hub_looks(offline_hub):
-    from encdist.pretrained import zoo_cache_file
+    from encdist.training.pretrained import zoo_cache_file
 
     for q in range(1, 9):
         path = zoo_cache_file(ZOO, q)
@@ -398,8 +398,8 @@ PAPER_TINY = [
 def test_paper_setup_end_to_end_offline(tmp_path, monkeypatch, zoo_nets):
     """``compressai-train --config-name=example_adaptive hp.quality=3`` on hub-cached zoo
     weights, Vimeo-90K and Kodak as published: trains and writes Kodak's RD point."""
-    from encdist.checkpoint import safe_load
-    from encdist.results import load_results
+    from encdist.training.checkpoint import safe_load
+    from encdist.evaluation.results import load_results
 
     datasets = make_paper_datasets(tmp_path / "datasets")
     torch_home = tmp_path / "torch_home"
@@ -453,8 +453,8 @@ def test_paper_setup_end_to_end_offline(tmp_path, monkeypatch, zoo_nets):
 def test_paper_setup_quality_multirun_offline(tmp_path, monkeypatch, zoo_nets):
     """``compressai-train --config-name=example_adaptive -m hp.quality=1,6``: one run per quality,
     each on its own zoo weights and architecture (N=192, M=320 for quality 6) and lambda."""
-    from encdist.checkpoint import safe_load
-    from encdist.results import load_results
+    from encdist.training.checkpoint import safe_load
+    from encdist.evaluation.results import load_results
 
     datasets = make_paper_datasets(tmp_path / "datasets")
     torch_home = tmp_path / "torch_home"
@@ -511,7 +511,7 @@ def test_every_top_level_config_trains_on_tiny_data():
 @pytest.mark.slow
 def test_base_factorized_trains_on_tiny_data(tmp_path, monkeypatch):
     """``base_factorized`` (photo corpus, or scikit-image's photographs without it) for a few steps."""
-    from encdist.checkpoint import safe_load
+    from encdist.training.checkpoint import safe_load
 
     monkeypatch.setenv("ENCDIST_DATASETS", str(tmp_path / "datasets"))  # no corpus: the fallback
     export = tmp_path / "export" / "base.pth"

@@ -9,14 +9,14 @@ import pytest
 
 from encdist.cli.plot import main
 from encdist.errors import ConfigError
-from encdist.plotting import (
+from encdist.evaluation.plotting import (
     plot_channel_rates,
     plot_distributions,
     plot_rd,
     reference_results_dir,
     save_figure,
 )
-from encdist.results import load_results, merge_points, metric_values, save_results
+from encdist.evaluation.results import load_results, merge_points, metric_values, save_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STATIC = "compressai-bmshj2018-factorized_mse_cuda.json"
@@ -182,7 +182,7 @@ def test_cli_errors(tmp_path, reference_dir, capsys):
 
 
 def test_curves_sharing_a_name_are_told_apart(tmp_path, capsys):
-    from encdist.results import distinct_names
+    from encdist.evaluation.results import distinct_names
 
     for folder in ("a", "b"):
         save_results(tmp_path / folder / "mine.json", "mine", {"bpp": [0.1, 0.2], "psnr-rgb": [28.0, 30.0]})
@@ -214,7 +214,7 @@ def aim_repo(tmp_path_factory):
     """
     from types import SimpleNamespace
 
-    from encdist.aim_logger import AimLogger
+    from encdist.training.aim_logger import AimLogger
 
     repo = tmp_path_factory.mktemp("aim") / "aim"
     lmbdas = [0.0035, 0.0067, 0.013, 0.025]
@@ -244,7 +244,7 @@ def aim_repo(tmp_path_factory):
 
 
 def test_load_aim_curves(aim_repo):
-    from encdist.results import load_aim_curves
+    from encdist.evaluation.results import load_aim_curves
 
     curves = {(c["meta"]["experiment"], c["name"]): c for c in load_aim_curves(aim_repo.path)}
     assert set(curves) == {(e, f"m-pdf{s}") for e in ("sweep", "other") for s in ("", "-static", "-ideal")}
@@ -262,7 +262,7 @@ def test_load_aim_curves(aim_repo):
 
 
 def test_cli_aim_repo(tmp_path, aim_repo, capsys):
-    from encdist.results import load_aim_curves
+    from encdist.evaluation.results import load_aim_curves
 
     out = tmp_path / "rd.html"
     assert main(["--aim_repo", str(aim_repo.path), "--out", str(out)]) == 0

@@ -180,7 +180,7 @@ def _start_and_kill(root: Path, overrides, log: Path, deadline_s: float = 240):
 
 @pytest.mark.slow
 def test_sigkill_leaves_a_complete_checkpoint_and_resume_continues(tmp_path, pretrained):
-    from encdist.checkpoint import safe_load
+    from encdist.training.checkpoint import safe_load
 
     root = tmp_path / "root"
     root.mkdir()
@@ -269,7 +269,7 @@ def _same(a, b) -> bool:
 
 @pytest.mark.slow  # trains a few steps (in this process)
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch, capfd, pretrained):
-    from encdist.checkpoint import safe_load
+    from encdist.training.checkpoint import safe_load
 
     root = tmp_path / "root"
     holder = _inject(monkeypatch, {0, 2})  # never two in a row

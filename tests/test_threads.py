@@ -1,4 +1,4 @@
-"""CPU threads (``env.threads``, ``encdist.threads``): the user's choice, else the idle cores."""
+"""CPU threads (``env.threads``, ``encdist.training.threads``): the user's choice, else the idle cores."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from conftest import error_lines, train_inprocess
 from encdist.errors import ConfigError
-from encdist.threads import apply_threads, resolve_threads
+from encdist.training.threads import apply_threads, resolve_threads
 
 
 @pytest.fixture

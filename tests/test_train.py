@@ -39,7 +39,7 @@ STEPS_PER_EPOCH = 2  # num_samples=16, batch_size=8
 
 
 def _load(path):
-    from encdist.checkpoint import safe_load
+    from encdist.training.checkpoint import safe_load
 
     return safe_load(path)
 
@@ -85,7 +85,7 @@ def test_run_folder_layout(trained, pretrained):
 
 
 def test_results_json(trained):
-    from encdist.results import load_results
+    from encdist.evaluation.results import load_results
 
     res = load_results(trained.run / "results" / "infer.json")
     assert res["name"] == MODEL_NAME
@@ -116,7 +116,7 @@ def test_aim_repo_holds_bpp_y_and_bpp_pdf_per_loader(trained):
     import aim
     from aim.storage.context import Context
 
-    from encdist.results import load_results
+    from encdist.evaluation.results import load_results
 
     assert aim_run_hashes(trained.aim) == [trained.hash]
     for loader in LOADERS:
@@ -177,7 +177,7 @@ def test_resume_continues_the_same_run(trained, pretrained, tmp_path):
 
 # ----------------------------------------------------------------------------- multirun
 def test_lambda_multirun_gives_one_run_per_lambda(tmp_path, pretrained):
-    from encdist.results import load_results
+    from encdist.evaluation.results import load_results
 
     root = tmp_path / "root"
     proc = train_cli(
@@ -264,7 +264,7 @@ def test_quickstart_trains_the_base_model_first(tmp_path):
 def test_eval_writes_results_that_plot_reads(trained, tmp_path, capsys):
     from encdist.cli import eval as eval_cli
     from encdist.cli import plot as plot_cli
-    from encdist.results import load_results
+    from encdist.evaluation.results import load_results
 
     out = tmp_path / "results"
     assert eval_cli.main([str(trained.run), "--out-dir", str(out)]) == 0

@@ -11,4 +11,6 @@ and datasets in ``compressai.registry``.
 
 __version__ = "0.1.0"
 
-from encdist import latent_codecs, losses, models, pdf_model  # noqa: F401,E402  (registration)
+from encdist import latent_codecs, models  # noqa: F401,E402  (registration)
+from encdist.codec import pdf_model  # noqa: F401,E402
+from encdist.training import losses  # noqa: F401,E402

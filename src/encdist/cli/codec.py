@@ -5,10 +5,10 @@
     encdist-codec encode photo.png -o photo.bin --run encdist_runs/runs/<hash>    # prints bpp
     encdist-codec decode photo.bin -o photo-decoded.png --run encdist_runs/runs/<hash>
 
-The file (:mod:`encdist.bitstream`: magic number, format version, the model's fingerprint,
+The file (:mod:`encdist.codec.bitstream`: magic number, format version, the model's fingerprint,
 the image size, every stream, a checksum) is all the decoder needs besides the run's
 model; a file of another model or format version is refused with one line. The run's
-weights are its last epoch's (:mod:`encdist.run_folder`).
+weights are its last epoch's (:mod:`encdist.training.run_folder`).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def _model(run: str, device: str):
 
 
 def file_coding(model, mode: str) -> str:
-    """The file's coding byte (:data:`encdist.bitstream.FILE_CODING`) of a way of coding."""
-    from encdist.evaluate import coding_options
+    """The file's coding byte (:data:`encdist.codec.bitstream.FILE_CODING`) of a way of coding."""
+    from encdist.evaluation.evaluate import coding_options
 
     options = coding_options(model, mode).get("options") or getattr(getattr(model, "adaptive_codec", None), "options", None)
     if options is None or not options.adaptive:
@@ -51,7 +51,7 @@ def file_coding(model, mode: str) -> str:
 
 def pack(model, strings, shape, image_size, mode: str) -> bytes:
     """The file's bytes of one image's ``compress`` output (``shape``) coded in ``mode``."""
-    from encdist import bitstream as bs
+    from encdist.codec import bitstream as bs
 
     return bs.pack_file(strings, tuple(image_size), tuple(shape), bs.model_fingerprint(model), file_coding(model, mode))
 
@@ -61,7 +61,7 @@ def encode_image(model, x, mode: str = "adaptive", pad_multiple: int = 64) -> by
     import torch
 
     from encdist.datasets import pad_to_multiple
-    from encdist.evaluate import coding_options
+    from encdist.evaluation.evaluate import coding_options
 
     x_pad, _ = pad_to_multiple(x, pad_multiple)
     with torch.no_grad():
@@ -74,7 +74,7 @@ def decode_file(model, data: bytes, pad_multiple: int = 64):
     import torch
     from compressai.ops import compute_padding
 
-    from encdist import bitstream as bs
+    from encdist.codec import bitstream as bs
     from encdist.datasets import crop_padding
     from encdist.errors import BitstreamError
 
@@ -114,7 +114,7 @@ def main(argv: List[str] | None = None) -> int:
 
         import encdist  # noqa: F401
         from encdist.datasets import load_image
-        from encdist.results import write_atomic
+        from encdist.evaluation.results import write_atomic
 
         model = _model(args.run, args.device)
         if args.command == "encode":

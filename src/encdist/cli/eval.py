@@ -41,14 +41,14 @@ PROG = "compressai-eval"
 
 
 def _find_checkpoint(path: Path) -> Path:
-    """The checkpoint that stands for a run (:class:`encdist.run_folder.RunFolder`: the last epoch's)."""
-    from encdist.run_folder import RunFolder
+    """The checkpoint that stands for a run (:class:`encdist.training.run_folder.RunFolder`: the last epoch's)."""
+    from encdist.training.run_folder import RunFolder
 
     return RunFolder(path).checkpoint()
 
 
 def _run_config(ckpt: Path) -> DictConfig:
-    from encdist.run_folder import RunFolder
+    from encdist.training.run_folder import RunFolder
 
     return RunFolder(ckpt).config()
 
@@ -72,7 +72,7 @@ def _build(conf: DictConfig, state_dict: Dict[str, Any] | None):
 
 def load_run(path: str | Path):
     """``(model, conf, description)`` of a run folder or runner checkpoint."""
-    from encdist.checkpoint import safe_load
+    from encdist.training.checkpoint import safe_load
 
     ckpt = _find_checkpoint(Path(path))
     conf = _run_config(ckpt)
@@ -96,7 +96,7 @@ def load_config(name: str, overrides: Sequence[str], config_dir: str | None = No
     conf.env.aim.run_hash = conf.env.aim.get("run_hash") or "eval"
     state = None
     if conf.paths.get("checkpoint"):
-        from encdist.checkpoint import safe_load
+        from encdist.training.checkpoint import safe_load
 
         state = safe_load(conf.paths.checkpoint).get("model_state_dict")
     return _build(conf, state), conf, f"config {name} {' '.join(overrides)}".strip()
@@ -135,19 +135,19 @@ def iter_images(conf: DictConfig, dataset: str | None) -> Iterable[tuple[str, to
 def write_bitstream(path: str | Path, model, strings, shape, image_size, mode: str) -> Path:
     """Writes one image's ``compress`` output to ``path`` as an ``encdist-codec`` file, atomically.
 
-    The format is :mod:`encdist.bitstream`'s file (magic, version, coding, the model's
+    The format is :mod:`encdist.codec.bitstream`'s file (magic, version, coding, the model's
     fingerprint, the image size, the streams, a checksum): ``encdist-codec decode`` reads it.
     The streams are exactly the bytes counted in ``bpp``.
     """
     from encdist.cli.codec import pack
-    from encdist.results import write_atomic
+    from encdist.evaluation.results import write_atomic
 
     return write_atomic(path, pack(model, strings, shape, image_size, mode))
 
 
 def read_bitstream(path: str | Path):
     """``(strings, (H, W), latent shape, coding)`` of a saved file; :class:`BitstreamError` if malformed."""
-    from encdist.bitstream import unpack_file
+    from encdist.codec.bitstream import unpack_file
 
     try:
         data = Path(path).read_bytes()
@@ -174,7 +174,7 @@ def _save_png(x: torch.Tensor, path: Path) -> None:
 
     from PIL import Image
 
-    from encdist.results import write_atomic
+    from encdist.evaluation.results import write_atomic
 
     pixels = (x[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     buf = io.BytesIO()
@@ -221,7 +221,7 @@ def evaluate_runs(
     With ``save_bitstreams`` / ``save_reconstructions``, what was coded goes to
     ``save_dir/<run hash>/`` (see the module).
     """
-    from encdist.evaluate import evaluate_image, mean_metrics
+    from encdist.evaluation.evaluate import evaluate_image, mean_metrics
 
     saving = save_bitstreams or save_reconstructions
     if saving and save_dir is None:
@@ -262,13 +262,13 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--save-bitstreams", action="store_true", help="write each image's bitstream per mode: OUT_DIR/NAME/RUN/MODE/IMAGE.bin")
     p.add_argument("--save-reconstructions", action="store_true", help="write each decoded image: OUT_DIR/NAME/RUN/IMAGE.png")
     p.add_argument("--device", default="cpu", help="torch device that encodes and decodes (e.g. cuda; default cpu)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: OMP_NUM_THREADS, else the idle cores; see encdist.threads)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: OMP_NUM_THREADS, else the idle cores; see encdist.training.threads)")
     args = p.parse_args(argv)
     try:
         import encdist  # noqa: F401
         from encdist.latent_codecs import CODING_MODES
-        from encdist.results import save_results
-        from encdist.threads import apply_threads
+        from encdist.evaluation.results import save_results
+        from encdist.training.threads import apply_threads
 
         apply_threads(args.threads, where="--threads")
         if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -40,10 +40,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from encdist.bd import BD_METHODS, bd_psnr, bd_rate, validate_curve
+from encdist.evaluation.bd import BD_METHODS, bd_psnr, bd_rate, validate_curve
 from encdist.errors import ConfigError, EncdistError
-from encdist.plotting import FIGURE_FORMATS, plot_rd_panels, save_figure
-from encdist.results import (
+from encdist.evaluation.plotting import FIGURE_FORMATS, plot_rd_panels, save_figure
+from encdist.evaluation.results import (
     distinct_names,
     load_aim_curves,
     load_results,

@@ -42,7 +42,7 @@ PROG = "compressai-train"
 
 
 def _checkpoint_run_hash(path: str) -> str:
-    from encdist.checkpoint import safe_load
+    from encdist.training.checkpoint import safe_load
 
     state = safe_load(path)
     if "run_hash" not in state:
@@ -52,7 +52,7 @@ def _checkpoint_run_hash(path: str) -> str:
 
 def assign_run_hash(conf: DictConfig) -> str:
     """The run's Aim hash: the resumed checkpoint's, the configured one, or a new one."""
-    from encdist.aim_logger import new_run_hash
+    from encdist.training.aim_logger import new_run_hash
 
     if conf.paths.get("checkpoint"):
         run_hash = _checkpoint_run_hash(conf.paths.checkpoint)
@@ -103,7 +103,7 @@ def train(conf: DictConfig) -> Dict[str, Any]:
     validate_config(conf)
     from catalyst.dl import DistributedDataParallelEngine
 
-    from encdist.threads import apply_threads
+    from encdist.training.threads import apply_threads
 
     engine = create_engine(conf)
     spawned = isinstance(engine, DistributedDataParallelEngine)  # ranks run in processes of their own
@@ -111,7 +111,7 @@ def train(conf: DictConfig) -> Dict[str, Any]:
     threads = apply_threads(conf.env.get("threads"), processes=engine._num_local_workers if spawned else 1)
     ensure_pretrained(conf)
 
-    from encdist.results import write_atomic
+    from encdist.evaluation.results import write_atomic
 
     import torch
 
@@ -159,8 +159,8 @@ def rank0_results(conf: DictConfig, model):
     The processes that trained are gone; their weights are in ``runner.last.pth`` and
     their infer pass in ``results/infer.json``.
     """
-    from encdist.checkpoint import safe_load
-    from encdist.results import load_results
+    from encdist.training.checkpoint import safe_load
+    from encdist.evaluation.results import load_results
 
     ckpt = Path(conf.paths.checkpoints) / "runner.last.pth"
     if not ckpt.is_file():
@@ -180,7 +180,7 @@ def export(conf: DictConfig, model) -> None:
     path = (conf.get("export") or {}).get("path")
     if not path:
         return
-    from encdist.checkpoint import atomic_save
+    from encdist.training.checkpoint import atomic_save
 
     model.update(force=True, update_quantiles=True)
     atomic_save({"state_dict": model.state_dict(), "model_name": str(conf.model.name)}, path)

@@ -57,7 +57,7 @@ def zoo_architecture(model: str, quality) -> tuple:
     """
     from compressai.zoo.image import cfgs
 
-    from encdist.pretrained import BASE_MODELS
+    from encdist.training.pretrained import BASE_MODELS
 
     base = BASE_MODELS.get(str(model), str(model))
     if base not in cfgs or any(len(arch) < 2 for arch in cfgs[base].values()):
@@ -134,7 +134,7 @@ def create(group: str, group_conf: Mapping[str, Any], where: str | None = None, 
 # ---------------------------------------------------------------------- model
 def create_model(conf: DictConfig) -> torch.nn.Module:
     """``MODELS[model.name](**hp)``, then pretrained transforms and freezing as configured."""
-    from encdist.pretrained import load_pretrained_into
+    from encdist.training.pretrained import load_pretrained_into
 
     name = _require(conf.model, "name", "model")
     cls = _lookup_at("model", name, "model.name")
@@ -179,8 +179,8 @@ def load_model_weights(model: torch.nn.Module, path: str) -> None:
     not taken: the run is a new run that starts from these weights (e.g. fine-tuning a
     trained base model to another lambda). ``paths.checkpoint`` resumes a run instead.
     """
-    from encdist.checkpoint import check_compatible
-    from encdist.pretrained import load_state_dict_file
+    from encdist.training.checkpoint import check_compatible
+    from encdist.training.pretrained import load_state_dict_file
 
     sd = load_state_dict_file(path)
     check_compatible(model, sd, f"{path} (paths.model_checkpoint)")

@@ -36,7 +36,7 @@ Modes:
   adaptive codec is then never worse than the static bottleneck, and a
   channel whose distribution the pdf model gets wrong costs no more than its
   static rate.
-* ``backward_adaptation=True`` (beyond the paper, :mod:`encdist.backward`):
+* ``backward_adaptation=True`` (beyond the paper, :mod:`encdist.codec.backward`):
   starting from the table the mode picked (static, ``p̂`` or per-channel
   mixed), each channel's table follows the symbols already coded, half a
   latent row at a time, with integer arithmetic on both sides. One table per
@@ -46,13 +46,13 @@ Modes:
   are cheaper (flag ``MODE_BACKWARD`` in the mode byte).
 
 The bitstream (mode byte, checksum, payloads, symbol order) is defined and parsed
-by :mod:`encdist.bitstream`; tables and the range coder are :mod:`encdist.coding`;
-backward adaptation is :mod:`encdist.backward`; the encoder's choice of mode is
+by :mod:`encdist.codec.bitstream`; tables and the range coder are :mod:`encdist.codec.coding`;
+backward adaptation is :mod:`encdist.codec.backward`; the encoder's choice of mode is
 :func:`~encdist.latent_codecs.mode_search.choose_mode`. How to code is a
 :class:`~encdist.latent_codecs.options.CodingOptions` passed in (``codec.options``
 by default): this class only coordinates. Decoding refuses any malformed input with
 :class:`~encdist.errors.BitstreamError` before a large allocation, and is bounded by
-:data:`encdist.bitstream.MAX_LATENT_POSITIONS`.
+:data:`encdist.codec.bitstream.MAX_LATENT_POSITIONS`.
 """
 
 from __future__ import annotations
@@ -66,10 +66,10 @@ from compressai.entropy_models import EntropyBottleneck
 from compressai.latent_codecs import LatentCodec
 from torch import Tensor
 
-from encdist import bitstream as bs
-from encdist.backward import BackwardAdaptation
-from encdist.bitstream import MODE_ADAPTIVE, MODE_BACKWARD, MODE_MIXED, MODE_STATIC
-from encdist.coding import (
+from encdist.codec import bitstream as bs
+from encdist.codec.backward import BackwardAdaptation
+from encdist.codec.bitstream import MODE_ADAPTIVE, MODE_BACKWARD, MODE_MIXED, MODE_STATIC
+from encdist.codec.coding import (
     StreamDecoder,
     channel_bits,
     decode_with_indexes,
@@ -80,10 +80,10 @@ from encdist.coding import (
     table_support,
 )
 from encdist.errors import BitstreamError
-from encdist.histogram import bound_ste, hard_histogram, histogram, interp_log_pmf
+from encdist.codec.histogram import bound_ste, hard_histogram, histogram, interp_log_pmf
 from encdist.latent_codecs.mode_search import Family, choose_mode
 from encdist.latent_codecs.options import CodingOptions, resolve_options
-from encdist.pdf_model import PdfModel
+from encdist.codec.pdf_model import PdfModel
 from encdist.registry import register_module
 
 __all__ = ["AdaptiveEntropyBottleneckLatentCodec", "MODE_STATIC", "MODE_ADAPTIVE", "MODE_MIXED", "MODE_BACKWARD"]
@@ -106,7 +106,7 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             refine_lr: the default :class:`CodingOptions` (``codec.options``;
             ``enable_adaptive`` is its ``adaptive``).
         adapt_alpha, adapt_decay, adapt_phases: backward adaptation's parameters
-            (:class:`~encdist.backward.BackwardAdaptation`); part of the
+            (:class:`~encdist.codec.backward.BackwardAdaptation`); part of the
             configuration the decoder must share.
     """
 
@@ -183,7 +183,7 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         return pmf_tables(p_hat, *table_support(self.entropy_bottleneck, self.num_bins), self.num_bins)
 
     def fingerprint(self, ideal: bool) -> int:
-        """Checksum seed: the configuration a decoder must share (see :mod:`encdist.bitstream`)."""
+        """Checksum seed: the configuration a decoder must share (see :mod:`encdist.codec.bitstream`)."""
         # Parameter shapes pin down the rest of the pdf model's architecture (kernel size, groups, layers).
         shapes = tuple((k, tuple(v.shape)) for k, v in self.pdf_model.named_parameters())
         return bs.fingerprint((type(self.pdf_model).__name__, self.channels, self.num_bins, bool(ideal),

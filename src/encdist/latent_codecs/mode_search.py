@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from encdist.bitstream import MODE_ADAPTIVE, MODE_MIXED, MODE_STATIC, mask_bytes, pack_mask
+from encdist.codec.bitstream import MODE_ADAPTIVE, MODE_MIXED, MODE_STATIC, mask_bytes, pack_mask
 
 __all__ = ["Family", "choose_mode", "FALLBACK_MARGIN", "EXACT_MARGIN_BITS"]
 

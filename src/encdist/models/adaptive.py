@@ -38,7 +38,7 @@ import torch
 from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperprior
 from torch import Tensor
 
-from encdist.coding import gaussian_conditional_decompress
+from encdist.codec.coding import gaussian_conditional_decompress
 from encdist.errors import BitstreamError, CheckpointError
 from encdist.latent_codecs import AdaptiveEntropyBottleneckLatentCodec
 from encdist.registry import register_model
@@ -61,7 +61,7 @@ class AdaptiveModelMixin:
     def _init_adaptive(self, pdf_model: Mapping[str, Any] | None = None, **codec_kwargs) -> None:
         """Replace the static bottleneck by the adaptive codec around it.
 
-        ``pdf_model`` holds :class:`~encdist.pdf_model.PdfModel`'s keyword arguments (``N``,
+        ``pdf_model`` holds :class:`~encdist.codec.pdf_model.PdfModel`'s keyword arguments (``N``,
         ``M``, ``kernel_size``, ``groups``, ``num_downsample``); every other keyword
         (``num_bins``, ``fallback_static``, ``backward_adaptation``, …) goes to
         :class:`AdaptiveEntropyBottleneckLatentCodec`. Their signatures hold the defaults
@@ -160,7 +160,7 @@ class AdaptiveModelMixin:
 
     @staticmethod
     def _check_strings(strings, count: int) -> None:
-        from encdist.bitstream import check_strings
+        from encdist.codec.bitstream import check_strings
 
         check_strings(strings, count)
 

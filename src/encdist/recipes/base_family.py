@@ -101,7 +101,7 @@ def verify(folder: Optional[Path] = None) -> List[str]:
 
 
 def _half_state_dict(path: Path) -> dict:
-    from encdist.pretrained import load_state_dict_file
+    from encdist.training.pretrained import load_state_dict_file
 
     sd = load_state_dict_file(path)
     return {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
@@ -119,7 +119,7 @@ def _history(run_root: Path) -> List[dict]:
 
 
 def train_stage(stage: Stage, folder: Path, work: Path, threads: int, extra: Sequence[str] = ()) -> dict:
-    from encdist.aim_logger import new_run_hash
+    from encdist.training.aim_logger import new_run_hash
     from encdist.config.factory import QUALITY_LMBDA
 
     run_hash = new_run_hash()

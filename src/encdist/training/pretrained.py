@@ -32,7 +32,7 @@ _STATE_KEYS = ("state_dict", "model_state_dict", "model", "network")
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     """Read a model state dict from any of the usual CompressAI checkpoint layouts."""
-    from encdist.checkpoint import safe_load
+    from encdist.training.checkpoint import safe_load
 
     ckpt = safe_load(path)
     for key in _STATE_KEYS:

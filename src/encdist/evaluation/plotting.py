@@ -5,7 +5,7 @@ Figures are built with :class:`matplotlib.figure.Figure` directly (no
 display and without touching the global backend or pyplot's figure list.
 
 - :func:`plot_rd`: RD curves of CompressAI-format results (see
-  :mod:`encdist.results`), optionally with a highlighted point ("this run").
+  :mod:`encdist.evaluation.results`), optionally with a highlighted point ("this run").
 - :func:`plot_distributions`: the target distribution ``p`` and the
   reconstructed ``p̂`` side by side, coloured by negative log-likelihood, as
   in Fig. 1 of Ulhaq & Bajić, "Learned Compression of Encoding Distributions"
@@ -29,7 +29,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from encdist.errors import ConfigError
-from encdist.results import PathLike, metric_values, needs_derived_db, write_atomic
+from encdist.evaluation.results import PathLike, metric_values, needs_derived_db, write_atomic
 
 __all__ = [
     "FIGURE_FORMATS",
@@ -63,7 +63,7 @@ def reference_results_dir() -> Path | None:
     """The repository's folder of reference Kodak results
     (``results/reference/kodak``), or None when it is not there (e.g. in an
     installed wheel)."""
-    path = Path(__file__).resolve().parents[2] / "results" / "reference" / "kodak"
+    path = Path(__file__).resolve().parents[3] / "results" / "reference" / "kodak"
     return path if path.is_dir() else None
 
 
@@ -82,12 +82,12 @@ def plot_rd(
     """Plots rate-distortion curves: rate (bpp) on x, ``metric`` on y.
 
     Args:
-        curves: loaded results files (:func:`encdist.results.load_results`):
+        curves: loaded results files (:func:`encdist.evaluation.results.load_results`):
             dicts with ``"name"`` and ``"results"``. A curve without
             ``metric`` is skipped with a warning.
         metric: results key to plot, e.g. ``"psnr-rgb"``, ``"ms-ssim"`` or
             ``"ms-ssim-db"`` (derived from ``"ms-ssim"`` when not stored; see
-            :func:`encdist.results.metric_values`).
+            :func:`encdist.evaluation.results.metric_values`).
         ax: axes to draw into; a new figure is made when None.
         highlight_point: one RD point to mark (e.g. "this run"): a mapping
             with ``"bpp"`` and ``metric`` (and optionally ``"name"`` for the

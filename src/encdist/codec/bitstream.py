@@ -87,7 +87,7 @@ FORMAT_VERSION = 1
 MODE_STATIC = 0
 MODE_ADAPTIVE = 1
 MODE_MIXED = 2  # per channel: p̂'s table where its flag bit is set, the static one elsewhere
-MODE_BACKWARD = 0x10  # flag on any of the above: the tables adapt block by block (encdist.backward)
+MODE_BACKWARD = 0x10  # flag on any of the above: the tables adapt block by block (encdist.codec.backward)
 _BASE_MODES = (MODE_STATIC, MODE_ADAPTIVE, MODE_MIXED)
 
 _HEADER = struct.Struct(">BI")  # mode, crc32
@@ -275,7 +275,7 @@ def check_shape(shape) -> Tuple[int, int]:
     if h * w > MAX_LATENT_POSITIONS:
         raise BitstreamError(
             f"latent shape {h}x{w} exceeds the decoder's limit of {MAX_LATENT_POSITIONS} positions "
-            "(encdist.bitstream.MAX_LATENT_POSITIONS)"
+            "(encdist.codec.bitstream.MAX_LATENT_POSITIONS)"
         )
     return h, w
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck
 from torch import Tensor
 
-from encdist.coding import entropy_bottleneck_decompress
+from encdist.codec.coding import entropy_bottleneck_decompress
 from encdist.registry import register_module
 
 __all__ = ["ChannelShuffle", "PdfModel", "default_pdf_sizes"]

@@ -42,8 +42,8 @@ from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
-from encdist.bitstream import block_order, stream_layout
-from encdist.coding import PRECISION, BufferedEncoder
+from encdist.codec.bitstream import block_order, stream_layout
+from encdist.codec.coding import PRECISION, BufferedEncoder
 
 __all__ = [
     "BackwardAdaptation",
@@ -168,7 +168,7 @@ def adapted_tables(symbols, base_freqs, offsets, lengths, alpha: int, decay: int
 
 def decode_adapted(decoder, shape: Tuple[int, int], base_freq, offsets, lengths, alpha: int, decay: int,
                    phases: int) -> np.ndarray:
-    """Decoder side: ``(C, h, w)`` symbol values, decoded block by block from a :class:`~encdist.coding.StreamDecoder`."""
+    """Decoder side: ``(C, h, w)`` symbol values, decoded block by block from a :class:`~encdist.codec.coding.StreamDecoder`."""
     offsets = np.asarray(offsets, dtype=np.int64)
     setup = _Setup(base_freq, lengths, alpha, decay)
     C, K = setup.prior.shape
