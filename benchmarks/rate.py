@@ -56,7 +56,9 @@ def _family(quick: bool) -> List[Dict[str, Any]]:
             C.log(f"rate: weights of quality {stage.quality} missing or not matching weights/MANIFEST.json: skipped (make base-models)")
             continue
         out.append({"quality": stage.quality, "lambda": entry["lambda"], "file": C.rel(path), "sha256": entry["sha256"],
-                    "steps": entry.get("steps"), "base_test_psnr_float32": entry.get("test_split_float32", {}).get("psnr-rgb")})
+                    "steps": entry.get("steps"), "init": entry.get("init"), "train_minutes": entry.get("train_minutes"),
+                    "command": entry.get("command"), "valid_history": entry.get("valid_history", []),
+                    "base_test_psnr_float32": entry.get("test_split_float32", {}).get("psnr-rgb")})
     return sorted(out, key=lambda r: r["lambda"])
 
 
@@ -255,6 +257,10 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     paper_gap = out["gap_closed"]["paper"]["cubic"]
     gain = [-p["adaptive_vs_static_backward_pct"] for p in points]
     out["targets"] = {
+        "family_psnr_top": {"target": "the RD family's highest point reaches >= 30 dB on the test split (issue 11)",
+                            "value": max(psnrs), "met": max(psnrs) >= 30.0},
+        "family_psnr_span": {"target": "PSNR increases with λ and spans >= 3 dB (issue 11)", "value": out["psnr_span_db"],
+                             "met": out["psnr_span_db"] >= 3.0 and all(b > a for a, b in zip(psnrs, psnrs[1:]))},
         "gap_closed_paper": {"target": f"the paper's codec closes >= {TARGET_PAPER_GAP:g} % of the static→ideal gap (BD-rate, cubic)",
                              "value": paper_gap, "met": None if paper_gap is None else paper_gap >= TARGET_PAPER_GAP},
         "phat_gain": {"target": f"the default's rate >= {TARGET_PHAT_GAIN:g} % below (c) at every λ (min over λ)",

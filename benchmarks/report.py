@@ -39,7 +39,7 @@ def render_md(res: Dict[str, Any]) -> str:
     for name, t in res["targets"].items():
         v = t.get("value")
         unit = ("x" if name.startswith(("train_speedup", "coding_ratio")) else " %" if name.startswith(("gap_closed", "side_share", "phat"))
-                else " MB" if name.startswith("memory") else "")
+                else " MB" if name.startswith("memory") else " dB" if name.startswith("family") else "")
         L.append(f"| {name}: {t['target']} | {C.fmt(v, '.2f')}{unit if v is not None else ''} | {C.met(t.get('met'))} |")
     L.append("")
     for sec, fn in (("rate", _md_rate), ("throughput", _md_throughput), ("coding", _md_coding), ("cost", _md_cost),
@@ -177,6 +177,18 @@ def _md_rate(r: Dict[str, Any]) -> List[str]:
              f"{r['settings']['adaptive']['num_samples']} crops of {r['settings']['adaptive']['patch_size']}). "
              f"Test images: {len(im['names'])} from `{im['source']}` ({', '.join(im['names'])}). Every rate counts every byte written "
              "(side stream and header included); every way of coding decodes to the same PSNR (same transforms).")
+    L.append("")
+    L.append("The frozen transforms (`weights/MANIFEST.json`; PSNR and rate of the static bottleneck on the test split, "
+             "measured here from the committed float16 weights; valid PSNR of the training run's forward pass after each epoch):")
+    L.append("")
+    L.append("| quality | λ | started from | steps | train min | test PSNR dB | test bpp (static) | valid PSNR dB against steps |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    by_q = {p["quality"]: p for p in pts}
+    for f in r["family"]:
+        hist = ", ".join(f"{h['train_steps']}: {h['valid_psnr']:.2f}" for h in f.get("valid_history", []) if h.get("valid_psnr") is not None)
+        p = by_q.get(f["quality"], {})
+        L.append(f"| {f['quality']} | {f['lambda']} | {f.get('init') or 'scratch'} | {f['steps']} | {C.fmt(f.get('train_minutes'), '.1f')} | "
+                 f"{C.fmt(p.get('psnr'), '.2f')} | {C.fmt(p.get('bpp_static'), '.4f')} | {hist} |")
     L.append("")
     L.append("| way of coding |" + "".join(f" q{p['quality']} |" for p in pts) + " BD-rate cubic | BD-rate PCHIP | gap closed (cubic) |")
     L.append("|---|" + "---|" * (len(pts) + 3))

@@ -36,13 +36,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
 
 from encdist.errors import ConfigError, DatasetError
 from encdist.registry import register_dataset
 
 from .image_io import PathLike, load_image
-from .skimage_samples import SKIMAGE_SPLITS, SkimageSamples, sample_order, skimage_image
+from .skimage_samples import SKIMAGE_SPLITS, InMemoryPhotos, SkimageSamples, sample_order, skimage_image
 
 __all__ = [
     "PHOTO_PACKAGES",
@@ -228,7 +227,7 @@ _warned: set = set()
 
 
 @register_dataset("PhotoCorpus")
-class PhotoCorpus(Dataset):
+class PhotoCorpus(InMemoryPhotos):
     """Photographs of the offline corpus as RGB ``PIL.Image`` (or ``transform(image)``).
 
     Args:
@@ -276,20 +275,6 @@ class PhotoCorpus(Dataset):
             self.source = "scikit-image"
         self._order = sample_order(len(self.names), num_samples, seed, shuffle=self.split == "train")
         self.num_samples = len(self._order)
-
-    def image(self, index: int) -> Image.Image:
-        return Image.fromarray(self._arrays[index], "RGB")
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __getitem__(self, index: int):
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
-        img = self.image(int(self._order[index]))
-        return self.transform(img) if self.transform is not None else img
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(split={self.split!r}, source={self.source!r}, n={len(self)})"

@@ -165,8 +165,31 @@ def split_names(split: str, include_grayscale: bool = False) -> Tuple[str, ...]:
     return names
 
 
+class InMemoryPhotos(Dataset):
+    """Photographs held as uint8 arrays (``self._arrays``, names in ``self.names``), sampled in
+    ``self._order`` (:func:`sample_order`): what :class:`SkimageSamples` and the photo corpus share."""
+
+    names: Tuple[str, ...]
+    transform: Optional[Callable]
+
+    def image(self, index: int) -> Image.Image:
+        """Image ``index`` (``0 <= index < len(self.names)``) as a new RGB ``PIL.Image``."""
+        return Image.fromarray(self._arrays[index], "RGB")
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int):
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        img = self.image(int(self._order[index]))
+        return self.transform(img) if self.transform is not None else img
+
+
 @register_dataset("SkimageSamples")
-class SkimageSamples(Dataset):
+class SkimageSamples(InMemoryPhotos):
     """scikit-image photographs as RGB ``PIL.Image`` (or ``transform(image)``).
 
     Args:
@@ -227,22 +250,6 @@ class SkimageSamples(Dataset):
         """``{name: (height, width)}`` of this split's images."""
         return {k: a.shape[:2] for k, a in zip(self.names, self._arrays)}
 
-    def image(self, index: int) -> Image.Image:
-        """Image ``index`` (``0 <= index < len(self.names)``) as a new RGB ``PIL.Image``."""
-        return Image.fromarray(self._arrays[index], "RGB")
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __getitem__(self, index: int):
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
-        img = self.image(int(self._order[index]))
-        if self.transform is not None:
-            return self.transform(img)
-        return img
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(split={self.split!r}, images={list(self.names)}, n={len(self)})"
