@@ -57,10 +57,16 @@ def make_factorized_checkpoint(path: Path, N: int = TINY_N, M: int = TINY_M, see
     return path
 
 
-@pytest.fixture(autouse=True)
-def _no_photo_corpus(monkeypatch, tmp_path_factory):
-    """Hermetic datasets: no photo corpus (``make data``) unless a test makes one or sets ENCDIST_DATASETS."""
-    monkeypatch.setenv("ENCDIST_DATASETS", str(tmp_path_factory.getbasetemp() / "no-datasets"))
+@pytest.fixture(autouse=True, scope="session")
+def _no_photo_corpus(tmp_path_factory):
+    """Hermetic datasets: no photo corpus (``make data``) unless a test makes one or sets ENCDIST_DATASETS.
+
+    Session-scoped, so that module-scoped training fixtures see it too; PhotoCorpus then uses
+    scikit-image's photographs whatever this machine holds under ~/data/datasets.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENCDIST_DATASETS", str(tmp_path_factory.getbasetemp() / "no-datasets"))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,9 @@ from conftest import (
     train_cli,
 )
 
+#: λ of the quickstart (its hp.quality=6: the paper's table).
+QUICK_LMBDA = 0.0483
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 RESULT_KEYS = ("bpp", "bpp_y", "bpp_pdf", "psnr-rgb")
@@ -94,7 +97,7 @@ def test_results_json(trained):
     for key in RESULT_KEYS + tuple(f"{k}_{m}" for k in RESULT_KEYS for m in MODES):
         assert key in r, key
         assert len(r[key]) == 1 and math.isfinite(r[key][0]), key
-    assert r["criterion.lmbda"] == [pytest.approx(0.0067)]
+    assert r["criterion.lmbda"] == [pytest.approx(QUICK_LMBDA)]
     assert r["bpp"][0] == pytest.approx(r["bpp_y"][0] + r["bpp_pdf"][0], rel=1e-6)
     assert r["bpp"][0] > 0 and r["bpp_pdf"][0] > 0
     assert r["bpp_pdf_static"] == [0.0] and r["bpp_pdf_ideal"] == [0.0]
@@ -131,7 +134,7 @@ def test_aim_repo_holds_bpp_y_and_bpp_pdf_per_loader(trained):
     run = aim.Repo(str(trained.aim)).get_run(trained.hash)
     assert run.experiment == "quickstart"
     hparams = run["hparams"]
-    assert hparams["criterion"]["lmbda"] == pytest.approx(0.0067)
+    assert hparams["criterion"]["lmbda"] == pytest.approx(QUICK_LMBDA)
     assert hparams["env"]["aim"]["run_hash"] == trained.hash
     for fig in ("rd", "distributions", "channel_rates"):
         assert run.get_image_sequence(fig, Context({"loader": "infer"})) is not None, fig
@@ -276,7 +279,7 @@ def test_eval_writes_results_that_plot_reads(trained, tmp_path, capsys):
         curves[mode] = load_results(path)
         assert curves[mode]["name"] == f"{MODEL_NAME}-{mode}"
         assert len(curves[mode]["results"]["bpp"]) == 1
-        assert curves[mode]["results"]["criterion.lmbda"] == [pytest.approx(0.0067)]
+        assert curves[mode]["results"]["criterion.lmbda"] == [pytest.approx(QUICK_LMBDA)]
     # the same checkpoint and images as the run's own infer pass: the same bitstreams
     infer = load_results(trained.run / "results" / "infer.json")["results"]
     assert curves["adaptive"]["results"]["bpp"][0] == pytest.approx(infer["bpp"][0])

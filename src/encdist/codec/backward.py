@@ -228,7 +228,7 @@ class BackwardAdaptation:
     def radius(symbols, num_bins: int) -> int:
         """Largest symbol magnitude of the image, sent in one byte (at most ``B/2``)."""
         a = np.asarray(symbols)
-        return min(int(np.abs(a).max()) if a.size else 0, num_bins // 2)
+        return min(max(int(a.max()), -int(a.min())) if a.size else 0, num_bins // 2)  # no |a| temporary
 
     @staticmethod
     def support(lo: np.ndarray, length: np.ndarray, radius: int) -> Tuple[np.ndarray, np.ndarray]:

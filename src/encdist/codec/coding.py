@@ -155,7 +155,11 @@ class StreamDecoder:
             raise BitstreamError(f"{what}: {len(string)} bytes is too short to be a rANS stream (truncated or empty)")
         self.left = int(num_symbols)
         self._decoder = ans.RansDecoder()
-        self._decoder.set_stream(bytes(string) + bytes(16 * len(string) + 8 * self.left + 64))
+        # One zero-padded buffer (the decoder copies it once more): no temporary concatenation.
+        buf = bytearray(len(string) + 16 * len(string) + 8 * self.left + 64)
+        buf[: len(string)] = string
+        self._decoder.set_stream(buf)
+        del buf
 
     def decode(self, indexes: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor, chunk: int = CHUNK_SYMBOLS,
                dtype: torch.dtype = torch.int64) -> Tensor:
@@ -236,14 +240,20 @@ def pmf_tables(p_hat: Tensor, lo: Tensor, length: Tensor, num_bins: int) -> Tupl
     return cdf.cpu(), (length + 2).int().cpu(), lo.int().cpu()
 
 
-def channel_bits(symbols: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor) -> Tensor:
-    """Bits of each channel of ``symbols`` ``(C, h, w)`` under integer tables; out-of-support symbols count as escapes."""
+def channel_bits(symbols: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor, chunk: int = 16) -> Tensor:
+    """Bits of each channel of ``symbols`` ``(C, h, w)`` under integer tables; out-of-support symbols count as escapes.
+
+    Counted ``chunk`` channels at a time, so the temporaries stay small on large latents.
+    """
     C = symbols.shape[0]
     K = cdf.shape[-1] - 1
-    escape = (lengths.long() - 2).view(-1, 1)  # index of each table's tail (escape) symbol
-    rel = symbols.reshape(C, -1).long() - offsets.long().view(-1, 1)
-    rel = torch.where((rel < 0) | (rel > escape), escape, rel)
-    counts = torch.zeros(C, K, dtype=torch.long).scatter_add_(1, rel, torch.ones_like(rel))
+    counts = torch.zeros(C, K, dtype=torch.long)
+    for c0 in range(0, C, chunk):
+        c = slice(c0, min(C, c0 + chunk))
+        escape = (lengths[c].long() - 2).view(-1, 1)  # index of each table's tail (escape) symbol
+        rel = symbols[c].reshape(c.stop - c.start, -1).long() - offsets[c].long().view(-1, 1)
+        rel = torch.where((rel < 0) | (rel > escape), escape, rel)
+        counts[c].scatter_add_(1, rel, torch.ones_like(rel))
     return table_bits(counts, cdf)
 
 

@@ -159,9 +159,9 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         if y.shape[1] != self.channels:
             raise ValueError(f"latent has {y.shape[1]} channels, the codec expects {self.channels}")
 
-    def bin_coordinates(self, y: Tensor) -> Tensor:
-        """Bounded bin coordinates ``t`` of ``y`` (bin ``b`` holds symbol ``b - B/2``)."""
-        u = y - self._medians().view(1, -1, 1, 1)
+    def bin_coordinates(self, y: Tensor, channels: slice = slice(None)) -> Tensor:
+        """Bounded bin coordinates ``t`` of ``y`` (bin ``b`` holds symbol ``b - B/2``); ``y`` holds ``channels``."""
+        u = y - self._medians()[channels].view(1, -1, 1, 1)
         c = (self.num_bins - 1) / 2
         r = self.bound_factor * c
         return bound_ste(u + self.num_bins // 2, c - r, c + r)
@@ -239,8 +239,24 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         return counts / counts.sum(-1, keepdim=True).clamp_min(1)
 
     # ------------------------------------------------------------------ compress
+    #: Channels processed at once where a whole-latent temporary would be large (same results).
+    CHANNEL_CHUNK = 16
+
+    def _chunks(self):
+        C, k = self.channels, self.CHANNEL_CHUNK
+        return [slice(c, min(C, c + k)) for c in range(0, C, k)]
+
     def _symbols(self, y: Tensor) -> Tensor:
-        return torch.round(y - self._medians().view(1, -1, 1, 1)).to(torch.int32)
+        med = self._medians().view(1, -1, 1, 1)
+        out = torch.empty(y.shape, dtype=torch.int32, device=y.device)
+        for c in self._chunks():
+            out[:, c] = torch.round(y[:, c] - med[:, c])
+        return out
+
+    def _hard_histogram(self, y: Tensor) -> Tensor:
+        """``p`` of the quantized latent, exact (no gradient), channel chunk by channel chunk."""
+        with torch.no_grad():
+            return torch.cat([hard_histogram(self.bin_coordinates(y[:, c], c), self.num_bins) for c in self._chunks()], dim=1)
 
     def _indexes(self, shape) -> Tensor:
         return torch.arange(self.channels).view(-1, 1, 1).expand(-1, *shape)
@@ -257,15 +273,16 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             y_strings = [encode_with_indexes(symbols[i], indexes, *static) for i in range(len(y))]
             pdf_strings = [b"" for _ in y_strings]
         else:
-            p = hard_histogram(self.bin_coordinates(y).detach(), self.num_bins) if o.use_pdf else None
+            p = self._hard_histogram(y.detach()) if o.use_pdf else None
             seed = self.fingerprint(o.ideal)
             y_strings, pdf_strings = [], []
             for i in range(len(y)):
                 mode, y_string, payload = self._compress_one(o, symbols[i], None if p is None else p[i], static)
                 y_strings.append(y_string)
                 pdf_strings.append(bs.write_side(seed, mode, payload, symbols[i], len(y_string)))
-        y_hat = (symbols.to(y.dtype) + self._medians().cpu().view(1, -1, 1, 1)).to(y.device)
-        return {"strings": [y_strings, pdf_strings], "shape": shape, "y_hat": y_hat}
+        y_hat = symbols.to(y.dtype)
+        y_hat += self._medians().cpu().view(1, -1, 1, 1)
+        return {"strings": [y_strings, pdf_strings], "shape": shape, "y_hat": y_hat.to(y.device)}
 
     def _compress_one(self, o: CodingOptions, sym: Tensor, p: Tensor | None, static):
         """``(mode, y string, payload)`` of one image's symbols ``(C, h, w)``."""
@@ -327,8 +344,10 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
                 out.append(decode_with_indexes(y_string, self._indexes(shape), *static, "y stream", torch.int32))
             else:
                 out.append(self._decompress_one(o, y_string, pdf_string, shape, static))
-        symbols = torch.stack(out).to(device)
-        y_hat = symbols.to(self.entropy_bottleneck.quantiles.dtype) + self._medians().view(1, -1, 1, 1)
+        symbols = out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
+        y_hat = symbols.to(device=device, dtype=self.entropy_bottleneck.quantiles.dtype)
+        del symbols, out
+        y_hat += self._medians().view(1, -1, 1, 1)
         return {"y_hat": y_hat}
 
     def _decompress_one(self, o: CodingOptions, y_string: bytes, pdf_string: bytes, shape, static) -> Tensor:
