@@ -58,6 +58,7 @@ FAMILY: Sequence[Stage] = (
     Stage(quality=7, epochs=3, lr=3e-4, init=6),
     Stage(quality=5, epochs=3, lr=3e-4, init=6),
     Stage(quality=4, epochs=3, lr=3e-4, init=5),
+    Stage(quality=3, epochs=3, lr=3e-4, init=5),
 )
 
 
