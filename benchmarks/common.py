@@ -156,11 +156,13 @@ def completed_runs(root: Path) -> Dict[float, Path]:
     from omegaconf import OmegaConf
 
     from encdist.training.checkpoint import safe_load
+    from encdist.training.run_folder import LAST, RunFolder
 
     out: Dict[float, Path] = {}
     runs = sorted((root / "runs").glob("*"), key=lambda p: p.stat().st_mtime) if (root / "runs").is_dir() else []
     for d in runs:
-        cfg, ckpt = d / "configs" / "config.yaml", d / "checkpoints" / "runner.last.pth"
+        folder = RunFolder(d)
+        cfg, ckpt = folder.config_path, folder.checkpoints / LAST
         if not (cfg.is_file() and ckpt.is_file()):
             continue
         try:

@@ -43,7 +43,7 @@ TARGET_PHAT_GAIN = 1.5  # % rate of the default below (c): p̂ must earn its sid
 TARGET_SIDE_SHARE = 1.0  # % of the total rate spent on the side stream, at every lambda
 
 
-def _family(quick: bool) -> List[Dict[str, Any]]:
+def _family() -> List[Dict[str, Any]]:
     """The committed weights that match their manifest (quality, lambda, file, sha256)."""
     from encdist.recipes.base_family import FAMILY, load_manifest, verify, weights_path
 
@@ -81,7 +81,7 @@ def _completed_run(root: Path, quality: int) -> Path | None:
     return None
 
 
-def _train(args, prof, fam, wdir: Path) -> Dict[int, Path]:
+def _train(prof, fam, wdir: Path) -> Dict[int, Path]:
     """One quickstart run per quality (the distribution codec on frozen transforms), cached."""
     over = C.budget_overrides(prof["adaptive_epochs"], prof["adaptive_samples"])
     root = wdir / "adaptive_root"
@@ -205,7 +205,7 @@ def _write_results(out_dir: Path, points, source: str) -> Dict[str, str]:
 
 
 def section_rate(args, prof, work: Path) -> Dict[str, Any]:
-    fam = _family(args.quick)
+    fam = _family()
     if len(fam) < 1:
         raise RuntimeError("no committed weights match weights/MANIFEST.json: run make base-models")
     ad_conf = C.compose("quickstart", C.budget_overrides(prof["adaptive_epochs"], prof["adaptive_samples"]))
@@ -221,7 +221,7 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     out: Dict[str, Any] = {"settings": settings, "work_dir": C.rel(wdir), "family": fam, "stages": {}}
 
     t = time.perf_counter()
-    runs = _train(args, prof, fam, wdir)
+    runs = _train(prof, fam, wdir)
     out["stages"]["training_s"] = time.perf_counter() - t
     out["runs"] = {str(q): C.rel(r) for q, r in runs.items()}
 

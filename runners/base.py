@@ -25,6 +25,7 @@ from catalyst import dl, metrics
 from omegaconf import DictConfig
 
 from encdist.training.checkpoint import atomic_save, safe_load
+from encdist.training.run_folder import BEST, LAST
 from encdist.errors import CheckpointError, EncdistError
 from encdist.evaluation.evaluate import evaluate_image, mean_metrics
 from encdist.evaluation.results import save_results
@@ -380,6 +381,6 @@ class BaseRunner(dl.Runner):
             "epoch_metrics": {k: dict(v) for k, v in self.epoch_metrics.items()},
         }
         ckpt_dir = Path(self.conf.paths.checkpoints)
-        atomic_save(state, ckpt_dir / "runner.last.pth")
+        atomic_save(state, ckpt_dir / LAST)
         if is_best and self.conf.get("misc", {}).get("save_best", True):
-            atomic_save(state, ckpt_dir / "runner.best.pth")
+            atomic_save(state, ckpt_dir / BEST)

@@ -162,9 +162,12 @@ def rank0_results(conf: DictConfig, model):
     from encdist.training.checkpoint import safe_load
     from encdist.evaluation.results import load_results
 
-    ckpt = Path(conf.paths.checkpoints) / "runner.last.pth"
-    if not ckpt.is_file():
-        raise CheckpointError(f"the distributed run wrote no {ckpt}")
+    from encdist.training.run_folder import RunFolder
+
+    try:
+        ckpt = RunFolder(conf.paths._run_root).checkpoint()
+    except CheckpointError as e:
+        raise CheckpointError(f"the distributed run wrote no checkpoint: {e}") from None
     model.load_state_dict(safe_load(ckpt)["model_state_dict"])
     infer = Path(conf.paths.results) / "infer.json"
     if not infer.is_file():
