@@ -54,10 +54,14 @@ SECTIONS = ("rate", "throughput", "coding", "cost", "memory")
 
 PROFILES: Dict[str, Dict[str, Any]] = {
     # None: the config's own value (quickstart.yaml).
-    "full": dict(adaptive_epochs=None, adaptive_samples=None, rate_images=None,
+    # paper_*: the distribution codec trained for the paper's coder; adaptive_*: fine-tuned from it for the
+    # default coder (benchmarks/rate.py); ablation_*: the corpus-size ablation's shorter budget.
+    "full": dict(paper_epochs=100, paper_samples=512, adaptive_epochs=48, adaptive_samples=256, adaptive_lr=5e-4,
+                 ablation_images=(4, 8, 16), ablation_epochs=60, ablation_samples=256, rate_images=None,
                  tp_steps=8, tp_warmup=2, tp_batch=8, tp_size=256, coding_reps=7, coding_warmup=1,
                  memory_sizes=((2160, 3840), (4320, 7680)), memory_channels=(192, 320)),
-    "quick": dict(adaptive_epochs=1, adaptive_samples=16, rate_images=2,
+    "quick": dict(paper_epochs=1, paper_samples=16, adaptive_epochs=1, adaptive_samples=16, adaptive_lr=5e-4,
+                  ablation_images=(), ablation_epochs=1, ablation_samples=16, rate_images=2,
                   tp_steps=2, tp_warmup=1, tp_batch=8, tp_size=256, coding_reps=2, coding_warmup=0,
                   memory_sizes=((512, 768),), memory_channels=(192,)),
 }
@@ -74,8 +78,10 @@ def parse_args(argv=None):
     p.add_argument("--fresh", action="store_true", help="retrain: delete this profile's cached checkpoints first")
     p.add_argument("--rate-dir", help="re-evaluate the trained models of an earlier run's work folder (benchmarks/_work/<profile>-<key>) "
                                       "as they are, training only what is missing")
-    p.add_argument("--adaptive-epochs", type=int)
-    p.add_argument("--adaptive-samples", type=int, help="train crops per adaptive epoch")
+    p.add_argument("--paper-epochs", type=int, help="epochs of the paper-objective distribution codec")
+    p.add_argument("--paper-samples", type=int, help="train crops per paper-objective epoch")
+    p.add_argument("--adaptive-epochs", type=int, help="epochs of the default-objective fine-tuning")
+    p.add_argument("--adaptive-samples", type=int, help="train crops per default-objective epoch")
     p.add_argument("--tp-steps", type=int, help="measured throughput steps per arm")
     p.add_argument("--tp-batch", type=int)
     p.add_argument("--coding-reps", type=int)
@@ -95,7 +101,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     prof = dict(PROFILES["quick" if args.quick else "full"])
-    overrides = {"adaptive_epochs": args.adaptive_epochs, "adaptive_samples": args.adaptive_samples,
+    overrides = {"paper_epochs": args.paper_epochs, "paper_samples": args.paper_samples,
+                 "adaptive_epochs": args.adaptive_epochs, "adaptive_samples": args.adaptive_samples,
                  "tp_steps": args.tp_steps, "tp_batch": args.tp_batch, "coding_reps": args.coding_reps}
     prof.update({k: v for k, v in overrides.items() if v})
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]

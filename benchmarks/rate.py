@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Sequence
 import torch
 
 import common as C
+from encdist.training.run_folder import RunFolder
 
 #: The ways of coding compared (encdist.latent_codecs.CODING_MODES), in the report's order.
 ARMS = ("paper", "fallback", "static_backward", "adaptive", "ideal")
@@ -41,6 +42,7 @@ ARM_LABELS = {
 TARGET_PAPER_GAP = 80.0  # % of the static -> ideal gap closed by the paper's codec (the paper: 83 % on Kodak)
 TARGET_PHAT_GAIN = 1.5  # % rate of the default below (c): p̂ must earn its side bits inside the adaptive coder
 TARGET_SIDE_SHARE = 1.0  # % of the total rate spent on the side stream, at every lambda
+TARGET_TRAINING_RATE = 1.0  # % between the rate a model trains for (bpp_y) and its real y bytes, valid split
 
 
 def _family() -> List[Dict[str, Any]]:
@@ -81,45 +83,86 @@ def _completed_run(root: Path, quality: int) -> Path | None:
     return None
 
 
-def _train(prof, fam, wdir: Path) -> Dict[int, Path]:
-    """One quickstart run per quality (the distribution codec on frozen transforms), cached."""
-    over = C.budget_overrides(prof["adaptive_epochs"], prof["adaptive_samples"])
-    root = wdir / "adaptive_root"
+#: The paper's coder, as its distribution codec is trained for it: fixed p̂ tables, no fallback.
+PAPER_OBJECTIVE = ("hp.backward_adaptation=false", "hp.fallback_static=false")
+_NO_EXTRAS = ("runner.inference.baselines=[]", "runner.inference.figures=false")
+
+
+def _train_one(root: Path, quality: int, overrides: Sequence[str], logfile: Path) -> Path:
+    """A completed quickstart run of ``quality`` under ``root``, trained with ``overrides`` if there is none."""
+    run = _completed_run(root, quality)
+    if run is None:
+        C.run_training("quickstart", [f"hp.quality={quality}", *_NO_EXTRAS, *overrides], root, logfile)
+        run = _completed_run(root, quality)
+    if run is None:
+        raise RuntimeError(f"no completed quickstart run for hp.quality={quality} under {root}")
+    return run
+
+
+def _train(prof, fam, wdir: Path) -> Dict[int, Dict[str, Path]]:
+    """Per quality, two distribution codecs on the same frozen transforms, each trained for the coder it serves.
+
+    ``paper``: trained for the paper's coder (fixed p̂ tables, :data:`PAPER_OBJECTIVE`); codes
+    (a) and (b). ``adaptive``: the quickstart's default objective (backward-adapted tables with
+    the fallback), fine-tuned from the paper one; codes (c), (d) and (e) ((c) and (e) use no p̂).
+    """
     runs = {}
     for f in fam:
         q = f["quality"]
-        run = _completed_run(root, q)
-        if run is None:
-            C.run_training("quickstart", [f"hp.quality={q}", "runner.inference.baselines=[]", "runner.inference.figures=false", *over],
-                           root, wdir / "logs" / f"adaptive-q{q}.log")
-            run = _completed_run(root, q)
-        if run is None:
-            raise RuntimeError(f"no completed quickstart run for hp.quality={q} under {root}")
-        runs[q] = run
+        paper = _train_one(wdir / "paper_root", q, [*PAPER_OBJECTIVE, *C.budget_overrides(prof["paper_epochs"], prof["paper_samples"])],
+                           wdir / "logs" / f"paper-q{q}.log")
+        init = RunFolder(paper).checkpoint()
+        adaptive = _train_one(wdir / "adaptive_root", q,
+                              [*C.budget_overrides(prof["adaptive_epochs"], prof["adaptive_samples"]),
+                               f"optimizer.net.lr={prof['adaptive_lr']}", f"++paths.model_checkpoint={init}"],
+                              wdir / "logs" / f"adaptive-q{q}.log")
+        runs[q] = {"paper": paper, "adaptive": adaptive}
     return runs
 
 
-@torch.no_grad()
-def _evaluate(run: Path, images) -> Dict[str, Any]:
-    from encdist.codec.bitstream import MODE_BACKWARD, MODE_MIXED, MODE_STATIC, parse_side, unpack_mask
+def _load(run: Path):
     from encdist.cli.eval import load_run
-    from encdist.datasets import pad_to_multiple
-    from encdist.evaluation.evaluate import evaluate_image
 
     model, conf, ckpt = load_run(run)
     model = model.cpu().eval()
     model.update(force=True)
-    codec = model.adaptive_codec
+    return model, conf, ckpt
+
+
+#: Which of the two trained codecs codes each way (see :func:`_train`).
+ARM_MODEL = {"paper": "paper", "fallback": "paper", "static_backward": "adaptive", "adaptive": "adaptive", "ideal": "adaptive"}
+
+
+@torch.no_grad()
+def _evaluate(runs: Dict[str, Path], images) -> Dict[str, Any]:
+    from encdist.codec.bitstream import MODE_BACKWARD, MODE_MIXED, MODE_STATIC, parse_side, unpack_mask
+    from encdist.datasets import pad_to_multiple
+    from encdist.evaluation.evaluate import evaluate_image
+
+    models = {k: _load(r) for k, r in runs.items()}
+    codec = models["adaptive"][0].adaptive_codec
     rows = []
     for name, x in images:
-        res = evaluate_image(model, x, modes=("static",) + ARMS)
-        enc = model.compress(pad_to_multiple(x, 64)[0])
+        res = evaluate_image(models["paper"][0], x, modes=("static",) + tuple(a for a in ARMS if ARM_MODEL[a] == "paper"))
+        res.update(evaluate_image(models["adaptive"][0], x, modes=tuple(a for a in ARMS if ARM_MODEL[a] == "adaptive")))
+        enc = models["adaptive"][0].compress(pad_to_multiple(x, 64)[0])
         side = parse_side(enc["strings"][-1][0], codec.channels, codec.num_bins)
         static_ch = codec.channels if side.base == MODE_STATIC else (
             codec.channels - int(unpack_mask(side.mask, codec.channels).sum()) if side.base == MODE_MIXED else 0)
         rows.append({"image": name, "size": list(x.shape[-2:]), "mode_byte": side.mode, "backward": bool(side.mode & MODE_BACKWARD),
                      "static_channels": static_ch, **res})
-    return {"rows": rows, "checkpoint": C.rel(ckpt) if ckpt else None, "settings": C.train_settings(conf)}
+    return {"rows": rows, "checkpoints": {k: C.rel(m[2]) if m[2] else None for k, m in models.items()},
+            "settings": {k: C.train_settings(m[1]) for k, m in models.items()}}
+
+
+def _evidence(runs: Dict[str, Path]) -> Dict[str, Any]:
+    """Per quality: the training rate against the bytes, the prior bound, the paper codec's shares (see evidence.py)."""
+    import evidence as E
+
+    paper, _, _ = _load(runs["paper"])
+    adaptive, _, _ = _load(runs["adaptive"])
+    return {"training_rate": {"adaptive": E.training_rate(adaptive, "adaptive"), "paper": E.training_rate(paper, "paper")},
+            "prior_bound": E.prior_bound(adaptive), "paper_shares": E.share_estimates(paper)}
 
 
 def _point(f: Dict[str, Any], ev: Dict[str, Any]) -> Dict[str, Any]:
@@ -208,8 +251,11 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     fam = _family()
     if len(fam) < 1:
         raise RuntimeError("no committed weights match weights/MANIFEST.json: run make base-models")
-    ad_conf = C.compose("quickstart", C.budget_overrides(prof["adaptive_epochs"], prof["adaptive_samples"]))
-    settings = {"family": [(f["quality"], f["sha256"]) for f in fam], "adaptive": C.train_settings(ad_conf),
+    pa_conf = C.compose("quickstart", [*PAPER_OBJECTIVE, *C.budget_overrides(prof["paper_epochs"], prof["paper_samples"])])
+    ad_conf = C.compose("quickstart", [*C.budget_overrides(prof["adaptive_epochs"], prof["adaptive_samples"]),
+                                       f"optimizer.net.lr={prof['adaptive_lr']}"])
+    settings = {"family": [(f["quality"], f["sha256"]) for f in fam], "paper": C.train_settings(pa_conf),
+                "adaptive": C.train_settings(ad_conf) | {"init": "the paper-objective run of the same quality"},
                 "target_size": list(ad_conf.criterion.target_size), "source_hash": C.source_hash()}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     wdir = Path(args.rate_dir).resolve() if args.rate_dir else work / f"{'quick' if args.quick else 'full'}-{key}"
@@ -223,7 +269,7 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     t = time.perf_counter()
     runs = _train(prof, fam, wdir)
     out["stages"]["training_s"] = time.perf_counter() - t
-    out["runs"] = {str(q): C.rel(r) for q, r in runs.items()}
+    out["runs"] = {str(q): {k: C.rel(v) for k, v in r.items()} for q, r in runs.items()}
 
     source, images = _images(prof.get("rate_images"))
     out["images"] = {"source": source, "names": [n for n, _ in images], "sizes": [list(x.shape[-2:]) for _, x in images]}
@@ -234,7 +280,19 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
         ev = _evaluate(runs[f["quality"]], images)
         per_image[str(f["quality"])] = ev["rows"]
         points.append(_point(f, ev))
+        C.log(f"rate: evidence for quality {f['quality']} (training rate, prior bound, shares on train and test)")
+        points[-1]["evidence"] = _evidence(runs[f["quality"]])
     out["stages"]["evaluation_s"] = time.perf_counter() - t
+    if prof.get("ablation_images"):
+        import evidence as E
+
+        q = int(C.compose("quickstart", []).hp.quality)
+        C.log(f"rate: corpus-size ablation of the paper's codec at quality {q} ({prof['ablation_images']} train photographs)")
+        t = time.perf_counter()
+        train = lambda root, quality, over, log: _train_one(root, quality, [*PAPER_OBJECTIVE, *over], log)  # noqa: E731
+        out["ablation"] = {"quality": q, "epochs": prof["ablation_epochs"], "samples": prof["ablation_samples"],
+                           "rows": E.corpus_ablation(prof, wdir, q, prof["ablation_images"], train)}
+        out["stages"]["ablation_s"] = time.perf_counter() - t
     out["points"], out["per_image"] = points, per_image
 
     from encdist.evaluation.bd import gap_share
@@ -256,6 +314,7 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     side = max(p["side_share_adaptive_pct"] for p in points)
     paper_gap = out["gap_closed"]["paper"]["cubic"]
     gain = [-p["adaptive_vs_static_backward_pct"] for p in points]
+    train_err = max(abs(p["evidence"]["training_rate"]["adaptive"]["valid"]["rel_error_pct"]) for p in points)
     out["targets"] = {
         "family_psnr_top": {"target": "the RD family's highest point reaches >= 30 dB on the test split (issue 11)",
                             "value": max(psnrs), "met": max(psnrs) >= 30.0},
@@ -267,6 +326,8 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
                       "value": min(gain), "met": min(gain) >= TARGET_PHAT_GAIN},
         "side_share": {"target": f"side stream <= {TARGET_SIDE_SHARE:g} % of the rate at every λ (max over λ)",
                        "value": side, "met": side <= TARGET_SIDE_SHARE},
+        "training_rate": {"target": f"the default's training bpp_y within {TARGET_TRAINING_RATE:g} % of its real y bytes on the valid split "
+                                    "at every λ (max |error| over λ)", "value": train_err, "met": train_err <= TARGET_TRAINING_RATE},
     }
     return out
 
@@ -280,8 +341,9 @@ def reference_model(rate: Dict[str, Any] | None, work: Path, args):
 
     q = int(C.compose("quickstart", []).hp.quality)
     if rate and rate.get("runs", {}).get(str(q)):
-        model, _, _ = load_run(C.ROOT / rate["runs"][str(q)])
-        return model.cpu(), f"trained quickstart model, hp.quality={q} ({rate['runs'][str(q)]})"
+        run = rate["runs"][str(q)]["adaptive"]
+        model, _, _ = load_run(C.ROOT / run)
+        return model.cpu(), f"trained quickstart model (default objective), hp.quality={q} ({run})"
     torch.manual_seed(0)
     model = MODELS["bmshj2018-factorized-pdf"](N=128, M=192)
     return model, "untrained bmshj2018-factorized-pdf(N=128, M=192), random init (no trained run in this benchmark run)"

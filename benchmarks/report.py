@@ -172,9 +172,14 @@ def _md_rate(r: Dict[str, Any]) -> List[str]:
     L = ["## 1. Rate: every way of coding on the committed RD family (test split, real bitstreams)", ""]
     fam = ", ".join(f"q{f['quality']} (λ={f['lambda']}, {f['steps']} steps)" for f in r["family"])
     im = r["images"]
-    L.append(f"Frozen transforms: `bmshj2018-factorized` N=128, M=192 from `weights/` ({fam}). Distribution codec per quality: "
-             f"`compressai-train --config-name=quickstart hp.quality=q` ({r['settings']['adaptive']['epochs']} epochs, "
-             f"{r['settings']['adaptive']['num_samples']} crops of {r['settings']['adaptive']['patch_size']}). "
+    st = r["settings"]
+    pa, ad = st.get("paper", {}), st["adaptive"]
+    L.append(f"Frozen transforms: `bmshj2018-factorized` N=128, M=192 from `weights/` ({fam}). Two distribution codecs per quality, "
+             "each trained for the coder it serves: for (a) and (b), the paper's objective (`compressai-train --config-name=quickstart "
+             f"hp.quality=q hp.backward_adaptation=false hp.fallback_static=false`, {pa.get('epochs')} epochs of {pa.get('num_samples')} "
+             f"crops of {pa.get('patch_size')}, lr {pa.get('lr_net')}); for (d), the default objective (the backward-adapted coder with "
+             f"the fallback, `compressai-train --config-name=quickstart hp.quality=q`), fine-tuned from the former for {ad['epochs']} "
+             f"epochs of {ad['num_samples']} crops, lr {ad['lr_net']}. (c) and (e) use no p̂. "
              f"Test images: {len(im['names'])} from `{im['source']}` ({', '.join(im['names'])}). Every rate counts every byte written "
              "(side stream and header included); every way of coding decodes to the same PSNR (same transforms).")
     L.append("")
@@ -224,6 +229,51 @@ def _md_rate(r: Dict[str, Any]) -> List[str]:
     for name, t in r["targets"].items():
         L.append(f"- {name}: {t['target']}: **{C.fmt(t['value'], '.2f')}** ({C.met(t['met'])})")
     L.append("")
+    L += _md_evidence(r)
+    return L
+
+
+def _md_evidence(r: Dict[str, Any]) -> List[str]:
+    pts = [p for p in r["points"] if "evidence" in p]
+    if not pts:
+        return []
+    ev = [p["evidence"] for p in pts]
+    qs = "".join(f" q{p['quality']} |" for p in pts)
+    sep = "|---|" + "---|" * len(pts)
+    L = ["### Evidence: what the rate the codecs train for is, and what bounds the targets", ""]
+    L.append("**Training rate against real bytes.** `bpp_y` as the criterion logs it (the codec's `forward` in the coder it "
+             "deploys) against the y bytes `compress` writes, all images of a split, relative error:")
+    L += ["", "| objective, split |" + qs, sep]
+    for obj, split in (("adaptive", "valid"), ("adaptive", "test"), ("paper", "valid"), ("paper", "test")):
+        L.append(f"| {obj}, {split} |" + "".join(f" {e['training_rate'][obj][split]['rel_error_pct']:+.2f} % |" for e in ev))
+    L.append("")
+    L.append("**What any p̂ can add inside the adaptive coder.** Exact bits (integer tables) of the backward-adapted y stream on "
+             "the test split, started from each image's *exact* histogram (a perfect p̂ at zero side cost), from the trained p̂, "
+             "and per channel the better of either and the static start; % below the static start ((c) without the fallback):")
+    L += ["", "| start of the adapted tables |" + qs, sep]
+    for k, label in (("exact_histogram", "exact histogram (bound, free)"), ("exact_or_static", "exact histogram or static, per channel"),
+                     ("p_hat", "trained p̂ (side bits not counted)"), ("p_hat_or_static", "trained p̂ or static, per channel")):
+        L.append(f"| {label} |" + "".join(f" {e['prior_bound']['pct_below_static_start'][k]:+.2f} % |" for e in ev))
+    L.append("")
+    L.append("**The paper's codec on the photographs it was trained on and on the test split** (estimated bits: cross-entropy "
+             "under p̂ plus the side latent's bits, against the static tables and the exact histogram):")
+    L += ["", "| split: share of the gap closed |" + qs, sep]
+    for split in ("train", "test"):
+        L.append(f"| {split} |" + "".join(f" {C.fmt(e['paper_shares'][split]['gap_closed_pct'], '.1f')} % |" for e in ev))
+    L.append("| test: side bits' part of the loss |" + "".join(f" {C.fmt(e['paper_shares']['test']['side_share_of_loss_pct'], '.1f')} % |" for e in ev))
+    L.append("| test: loss held by the worst 10 % of channels |"
+             + "".join(f" {C.fmt(e['paper_shares']['test']['loss_share_top10pct_channels_pct'], '.1f')} % |" for e in ev))
+    L.append("| test: channels that keep over half their gap |"
+             + "".join(f" {e['paper_shares']['test']['channels_keeping_half_their_gap']} of {e['paper_shares']['test']['channels']} |" for e in ev))
+    L.append("")
+    ab = r.get("ablation")
+    if ab:
+        L.append(f"**Corpus size.** The paper's codec at q{ab['quality']}, trained on the first k train photographs with one shorter "
+                 f"budget ({ab['epochs']} epochs of {ab['samples']} crops), share of the gap closed (estimated bits):")
+        L += ["", "| train photographs | all train photographs | test |", "|---|---|---|"]
+        for row in ab["rows"]:
+            L.append(f"| {row['train_images']} | {C.fmt(row['train_gap_closed_pct'], '.1f')} % | {C.fmt(row['test_gap_closed_pct'], '.1f')} % |")
+        L.append("")
     return L
 
 

@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from encdist.training.checkpoint import atomic_save, safe_load
 from encdist.training.run_folder import BEST, LAST
 from encdist.errors import CheckpointError, EncdistError
+from encdist.datasets import pad_to_multiple
 from encdist.evaluation.evaluate import evaluate_image, mean_metrics
 from encdist.evaluation.results import save_results
 
@@ -299,11 +300,25 @@ class BaseRunner(dl.Runner):
             row = dict(res["adaptive"])
             for mode in modes[1:]:
                 row.update({f"{k}_{mode}": v for k, v in res[mode].items() if k.startswith(("bpp", "psnr"))})
+            if hasattr(model, "adaptive_codec"):
+                row["bpp_y_trained"] = self._trained_rate(x[i : i + 1])
             row["index"] = len(self.infer_rows)
             self.infer_rows.append(row)
             self._update_meters({k: v for k, v in row.items() if k != "index"})
         if self.log_figures and len(self.infer_rows) == x.shape[0]:
             self._log_infer_figures(x[:1])
+
+    def _trained_rate(self, x) -> float:
+        """The latent rate the training objective gives this image (what ``bpp_y`` logs), next to the real one.
+
+        ``bpp_y`` of the infer rows counts the bytes ``compress`` wrote; this is the
+        criterion's estimate for the same padded image, so every run shows how far the
+        rate it trained for is from the rate it codes at.
+        """
+        x_pad, _ = pad_to_multiple(x, self.pad_multiple)
+        lik = self.raw_model(x_pad, with_x_hat=False)["likelihoods"]
+        bits = sum(float(-torch.log2(v).sum()) for k, v in lik.items() if not k.startswith("pdf"))
+        return bits / (x.shape[-2] * x.shape[-1])
 
     def _before_infer(self) -> None:
         """Hook run before an infer loader."""

@@ -73,3 +73,20 @@ def test_recipe_trains_what_is_missing_and_writes_a_manifest(tmp_path, monkeypat
     assert bf.verify() == [bf.weights_path(7).name]
     bf.run(stages, work=tmp_path / "work", threads=1, extra=TINY_BASE_RUN)
     assert bf.verify() == [] and bf.weights_path(6).stat().st_mtime_ns == before[6]
+
+
+def test_a_run_started_from_model_checkpoint_loads_from_its_own_checkpoint(tmp_path):
+    """Evaluating a fine-tuned run reads its own weights only: its init file (other table sizes) is not reloaded."""
+    from encdist.cli.eval import _build
+    from encdist.config.factory import create_model
+
+    init = make_factorized_checkpoint(tmp_path / "init.pth", 16, 32, seed=3)
+    conf = _compose("hp.N=16", "hp.M=32", f"++paths.model_checkpoint={init}")
+    model = create_model(conf)
+    with torch.no_grad():  # the fine-tuned run's bottleneck: other quantiles, other table sizes
+        model.entropy_bottleneck.quantiles[:, 0, 0] -= 5
+    model.update(force=True)
+    assert model.state_dict()["entropy_bottleneck._quantized_cdf"].shape != torch.load(init, weights_only=True)["state_dict"][
+        "entropy_bottleneck._quantized_cdf"].shape
+    loaded = _build(conf, model.state_dict())
+    assert torch.equal(loaded.state_dict()["entropy_bottleneck._quantized_cdf"], model.state_dict()["entropy_bottleneck._quantized_cdf"])

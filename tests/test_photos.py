@@ -59,6 +59,12 @@ def test_dataset_reads_the_corpus_and_falls_back_with_one_line(tmp_path, fake_so
     assert len(err) == 1 and "make data" in err[0]
     with pytest.raises(DatasetError, match="make data"):
         P.PhotoCorpus("test", root=tmp_path / "none", fallback=False)
+    # corpus-size ablations: the first k photographs of the split, every one visited equally often
+    few = P.PhotoCorpus("train", root=root, num_samples=12, max_images=3)
+    assert few.names == P.PhotoCorpus("train", root=root).names[:3] and len(few) == 12
+    assert sorted(np.bincount(few._order).tolist()) == [4, 4, 4]
+    with pytest.raises(DatasetError, match="max_images"):
+        P.PhotoCorpus("train", root=root, max_images=0)
 
 
 def test_without_apt_get_the_command_fails_in_one_line(tmp_path):

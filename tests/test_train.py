@@ -105,6 +105,9 @@ def test_results_json(trained):
     assert r["psnr-rgb"] == r["psnr-rgb_static"] == r["psnr-rgb_ideal"]
     # the ideal bound (exact p, free) does not cost more than the static bottleneck (coder overhead aside)
     assert r["bpp_y_ideal"][0] <= 1.01 * r["bpp_y_static"][0] + 1e-3
+    # the rate the training objective gives the same images, next to the bytes written (a few bytes
+    # of coder flush apart: these tiny latents code to few bits)
+    assert r["bpp_y_trained"][0] == pytest.approx(r["bpp_y"][0], rel=0.05, abs=2e-3)
 
     per_image = json.loads((trained.run / "results" / "infer_per_image.json").read_text())["results"]
     assert len(per_image["bpp"]) == 2
@@ -113,6 +116,7 @@ def test_results_json(trained):
     out = trained.proc.stdout
     for mode in ("adaptive", "static", "ideal"):
         assert any(line.startswith(mode) for line in out.splitlines()), mode
+    assert "training objective's bpp_y" in out
 
 
 def test_aim_repo_holds_bpp_y_and_bpp_pdf_per_loader(trained):

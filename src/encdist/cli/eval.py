@@ -59,7 +59,11 @@ def _build(conf: DictConfig, state_dict: Dict[str, Any] | None):
     conf = conf.copy()
     OmegaConf.set_struct(conf, False)
     if state_dict is not None:
-        conf.model.pretrained = None  # the checkpoint holds every weight
+        # The checkpoint holds every weight: neither the frozen transforms' source nor the
+        # weights-only initialization of its run (``paths.model_checkpoint``) is read again.
+        conf.model.pretrained = None
+        if "paths" in conf:
+            conf.paths.model_checkpoint = None
     conf.model.freeze = []
     model = create_model(conf)
     if state_dict is not None:

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from encdist.codec.bitstream import block_order, stream_layout
 from encdist.codec.coding import PRECISION, BufferedEncoder
@@ -270,6 +272,77 @@ class BackwardAdaptation:
     def decode(self, decoder, shape, base_freq, offsets, lengths) -> np.ndarray:
         """Decoder side: ``(C, h, w)`` int32 symbols, block by block (:func:`decode_adapted`)."""
         return decode_adapted(decoder, shape, base_freq, offsets, lengths, *self.params)
+
+    def likelihoods(self, symbols: Tensor, priors: Sequence[Tensor], lo: Tensor | None = None,
+                    length: Tensor | None = None) -> List[Tensor]:
+        """Each symbol's probability under the adapted tables, differentiable in the priors.
+
+        The training-time model of this coder (what makes the rate it is trained
+        for the rate it codes at): symbol ``s`` of channel ``c`` in block ``b`` has
+
+        .. code-block:: none
+
+            q(s) = (α·π(s) + n_b(s)) / (α + Σ_s' n_b(s')),     n_{b+1} = γ·n_b + hist_b
+
+        with ``π`` the prior restricted to the coded support (the bottleneck's
+        support ``lo … lo+length-1`` within the image's ``±radius``), not
+        renormalized, as :meth:`base_freqs` does with integer tables (so ``α`` in the
+        denominator is ``α·Σπ``). It leaves out
+        what the integer coder adds (one frequency unit per used symbol, floors of
+        the decayed counts, escapes' bypass bits), well under 1 % of the bits.
+        The counts depend on the symbols only: the gradient goes to the priors.
+
+        Args:
+            symbols: ``(n, C, h, w)`` integer symbols (latent minus median).
+            priors: pmfs ``(n or 1, C, B)`` over ``B`` bins (bin ``k`` holds symbol ``k - B/2``).
+            lo, length: ``(C,)`` the static tables' support (``table_support``); ``None``: all bins.
+
+        Returns:
+            one ``(n, C, h, w)`` tensor of probabilities per prior.
+        """
+        alpha, decay, phases = self.params
+        n, C, h, w = symbols.shape
+        B = priors[0].shape[-1]
+        dev = priors[0].device
+        sym = symbols.detach().long().to(dev).reshape(n, C, h * w)
+        radius = sym.abs().flatten(1).amax(1).clamp(max=B // 2).view(n, 1, 1)  # (n, 1, 1)
+        value = torch.arange(B, device=dev).view(1, 1, B) - B // 2
+        inside = value.abs() <= radius
+        if lo is not None:
+            lo_ = lo.to(dev).view(1, C, 1)
+            inside = inside & (value >= lo_) & (value < lo_ + length.to(dev).view(1, C, 1))
+        order, bounds = block_order((h, w), phases)
+        nb = len(bounds) - 1
+        order_t = torch.as_tensor(order, device=dev)
+        ordered = sym[..., order_t]  # (n, C, L) in coding order
+        block = torch.as_tensor(np.repeat(np.arange(nb), np.diff(bounds)), device=dev)
+        smin = int(ordered.min())
+        k = ordered - smin
+        K = int(k.max()) + 1
+        hist = torch.zeros(n, C, nb * K, device=dev)
+        hist.scatter_add_(2, block.view(1, 1, -1) * K + k, torch.ones_like(k, dtype=hist.dtype))
+        hist = hist.view(n, C, nb, K)
+        counts = torch.zeros_like(hist)
+        g = decay / 256.0
+        for b in range(1, nb):
+            counts[:, :, b] = g * counts[:, :, b - 1] + hist[:, :, b - 1]
+        at = block.view(1, 1, -1) * K + k  # each symbol's own count, in its block
+        seen = counts.view(n, C, nb * K).gather(2, at)
+        total = counts.sum(-1).gather(2, block.view(1, 1, -1).expand(n, C, -1))
+        bins = (ordered + B // 2).clamp(0, B - 1)
+        inverse = torch.empty_like(order_t)
+        inverse[order_t] = torch.arange(len(order_t), device=dev)
+        out = []
+        for prior in priors:
+            # As base_freqs: the table's own frequencies inside the support (at least one unit in 2**16 each,
+            # as the integer tables give every coded symbol), nothing outside (no renormalization).
+            floor = torch.full((), 2.0 ** -PRECISION, device=dev, dtype=prior.dtype)
+            pi = torch.where(inside, prior.clamp_min(floor), torch.zeros_like(floor)).expand(n, -1, -1)
+            strength = alpha * pi.sum(-1, keepdim=True)  # (n, C, 1)
+            pi_at = pi.gather(2, bins).clamp_min(floor)
+            q = ((alpha * pi_at + seen) / (strength + total).clamp_min(alpha * floor)).clamp_min(floor)
+            out.append(q[..., inverse].view(n, C, h, w))
+        return out
 
 
 class AdaptedPlan:

@@ -239,6 +239,8 @@ class PhotoCorpus(InMemoryPhotos):
         seed: seed of the train order.
         fallback: without the corpus, use scikit-image's photographs (one warning line);
             ``False`` raises :class:`DatasetError` instead.
+        max_images: keep only the split's first ``max_images`` photographs (by name):
+            corpus-size ablations (``++dataset.train.config.max_images=4``).
 
     Images are decoded once and kept in memory (the corpus is small).
     """
@@ -251,8 +253,11 @@ class PhotoCorpus(InMemoryPhotos):
         num_samples: Optional[int] = None,
         seed: int = 0,
         fallback: bool = True,
+        max_images: Optional[int] = None,
     ):
         super().__init__()
+        if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
+            raise DatasetError(f"dataset config max_images must be a positive integer, got {max_images!r}")
         self.split = _canonical(split)
         self.root = Path(root) if root else default_root()
         self.transform = transform
@@ -273,6 +278,8 @@ class PhotoCorpus(InMemoryPhotos):
             self.names = sk.names
             self._arrays = [np.asarray(sk.image(i)) for i in range(len(sk.names))]
             self.source = "scikit-image"
+        if max_images is not None:
+            self.names, self._arrays = self.names[:max_images], self._arrays[:max_images]
         self._order = sample_order(len(self.names), num_samples, seed, shuffle=self.split == "train")
         self.num_samples = len(self._order)
 

@@ -81,7 +81,7 @@ from encdist.codec.coding import (
 )
 from encdist.errors import BitstreamError
 from encdist.codec.histogram import bound_ste, hard_histogram, histogram, interp_log_pmf
-from encdist.latent_codecs.mode_search import Family, choose_mode
+from encdist.latent_codecs.mode_search import Family, cheapest_likelihoods, choose_mode
 from encdist.latent_codecs.options import CodingOptions, resolve_options
 from encdist.codec.pdf_model import PdfModel
 from encdist.registry import register_module
@@ -192,7 +192,14 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
 
     # ------------------------------------------------------------------ forward
     def forward(self, y: Tensor, options: CodingOptions | str | None = None) -> Dict[str, Any]:
-        """Training / estimation pass: likelihoods of ``y`` under ``p̂`` (or the static bottleneck)."""
+        """Training / estimation pass: likelihoods of ``y`` under the tables the encoder would use.
+
+        ``likelihoods["y"]`` models the coder ``options`` deploy, so the rate a model
+        trains for (and logs as ``bpp_y``) is the rate it codes at: the paper's fixed
+        ``p̂`` tables, or, with backward adaptation, the adapted tables started from
+        ``p̂`` (:meth:`BackwardAdaptation.likelihoods`), and with the fallback the
+        encoder's choice of tables (:func:`~encdist.latent_codecs.mode_search.cheapest_likelihoods`).
+        """
         self._check_input(y)
         o = resolve_options(options, self.options)
         eb = self.entropy_bottleneck
@@ -208,19 +215,47 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
                 "p": p,
                 "p_hat": self.static_pmf().unsqueeze(0).expand(n, -1, -1),
             }
+        pdf_likelihoods = y.new_ones(n, 0)
         if o.ideal:
-            p_hat, pdf_likelihoods = p, y.new_ones(n, 0)
-        else:
+            p_hat = p
+        elif o.use_pdf:
             out = self.pdf_model(p)
             p_hat, pdf_likelihoods = out["p_hat"], out["likelihoods"]
-        log_p_hat = torch.log(p_hat.clamp_min(1e-9))
-        y_likelihoods = torch.exp(interp_log_pmf(log_p_hat, t))
+        else:
+            p_hat = self.static_pmf().unsqueeze(0).expand(n, -1, -1)
+        # Forward: p̂ at the coded symbol; backward: straight-through gradients to p̂ and y.
+        fixed = torch.exp(interp_log_pmf(torch.log(p_hat.clamp_min(1e-9)), t))
+        if o.backward or o.fallback:
+            y_likelihoods = self._deployed_likelihoods(o, t, p_hat, fixed)
+        else:
+            y_likelihoods = fixed
         return {
             "likelihoods": {"y": y_likelihoods, "pdf": pdf_likelihoods},
             "y_hat": y_hat,
             "p": p,
             "p_hat": p_hat,
         }
+
+    def _deployed_likelihoods(self, o: CodingOptions, t: Tensor, p_hat: Tensor, fixed: Tensor) -> Tensor:
+        """Likelihoods of the backward-adapted and/or fallback coder ``o`` at bin coordinates ``t``."""
+        symbols = t.detach().round() - self.num_bins // 2
+        static = self.static_pmf().unsqueeze(0)
+        static_fixed = static.expand(len(t), -1, -1).gather(
+            2, (symbols + self.num_bins // 2).long().clamp(0, self.num_bins - 1).flatten(2)).view_as(t)
+        families = []
+        if o.backward:
+            eb = self.entropy_bottleneck
+            support = table_support(eb, self.num_bins) if eb._offset.numel() else (None, None)
+            priors = [p_hat, static] if o.use_pdf else [static]
+            families.append(self.adaptation.likelihoods(symbols, priors, *support))
+        if not o.backward or o.fallback:
+            families.append([fixed, static_fixed] if o.use_pdf else [static_fixed])
+        lik = cheapest_likelihoods(families, o.fallback)
+        if o.backward and t.requires_grad:
+            # The adapted tables' counts do not depend on y: a y that trains follows the fixed tables' gradient.
+            lp = interp_log_pmf(torch.log(p_hat.detach().clamp_min(1e-9)), t)
+            lik = lik * torch.exp(lp - lp.detach())
+        return lik
 
     # ------------------------------------------------------------------ side payload
     def _pack_side(self, o: CodingOptions, p: Tensor, num_samples: int, static_bits: Tensor | None = None) -> bytes:

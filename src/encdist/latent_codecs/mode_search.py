@@ -16,7 +16,7 @@ from torch import Tensor
 
 from encdist.codec.bitstream import MODE_ADAPTIVE, MODE_MIXED, MODE_STATIC, mask_bytes, pack_mask
 
-__all__ = ["Family", "choose_mode", "FALLBACK_MARGIN", "EXACT_MARGIN_BITS"]
+__all__ = ["Family", "cheapest_likelihoods", "choose_mode", "FALLBACK_MARGIN", "EXACT_MARGIN_BITS"]
 
 #: Relative margin within which fixed-table estimates are not trusted and both candidates are coded
 #: (the estimates leave the escapes' bypass bits out).
@@ -95,3 +95,41 @@ def choose_mode(
     if len(y2) + len(payload2) < len(y_string) + len(payload):
         return second, y2, payload2
     return best, y_string, payload
+
+
+def cheapest_likelihoods(families: Sequence[Sequence[Tensor]], fallback: bool) -> Tensor:
+    """Training-time counterpart of :func:`choose_mode`: the likelihoods of the tables it would pick.
+
+    ``families`` holds, per family of tables, the ``(n, C, h, w)`` likelihoods of its
+    starts: ``[p̂'s, static]``, or ``[static]`` alone. Without ``fallback``: the first
+    family's first start. With it, the value is, per image, the family of fewest bits
+    and, within it, per channel, the cheaper start (as :func:`choose_mode`, leaving out
+    side and flag bits), so the rate a model trains for is the rate it codes at.
+
+    The gradient is that of p̂'s tables in *every* family, on every channel: p̂ is both
+    the start of the adapted tables and the fixed table the encoder may pick instead.
+    A hard minimum would give no gradient to the channels the static table wins (a p̂
+    that starts uniform would stay so); and the adapted tables' gradient alone lets p̂
+    move mass outside the coded support to weaken its own prior, which fits training
+    crops and fails on whole images (measured: docs/METHOD.md).
+    """
+    ref = families[0][0]
+    if not fallback:
+        return ref
+    best, best_cost = None, None
+    for fam in families:
+        bits = torch.stack([-torch.log2(lik.detach()).flatten(2).sum(-1) for lik in fam])  # (S, n, C)
+        pick = bits.argmin(0)  # (n, C)
+        lik = torch.stack([f.detach() for f in fam]).gather(0, pick.view(1, *pick.shape, 1, 1).expand(1, *ref.shape))[0]
+        cost = bits.min(0).values.sum(-1)  # (n,)
+        if best is None:
+            best, best_cost = lik, cost
+        else:
+            better = cost < best_cost
+            best = torch.where(better.view(-1, 1, 1, 1), lik, best)
+            best_cost = torch.minimum(cost, best_cost)
+    pdf = [f[0] for f in families if len(f) == 2]  # p̂'s likelihoods in each family that offers it
+    if not pdf:
+        return best
+    log_pdf = sum(torch.log(lik) for lik in pdf)
+    return best * torch.exp(log_pdf - log_pdf.detach())

@@ -1,0 +1,141 @@
+"""Evidence behind the rate section's targets: where the bits go, and what bounds them.
+
+Each function takes trained models (or trains small ones) and returns plain dicts for the
+report. Everything here is measured on the corpus' photographs; the test split is only
+*evaluated*, never used to choose anything.
+
+* :func:`training_rate`: the rate a model trains for (``forward``'s ``bpp_y`` in the coder it
+  deploys) next to the bytes it writes, per split.
+* :func:`prior_bound`: exact bits of the backward-adapted coder started from the *exact*
+  histogram of each image (what a perfect, free p̂ would give) and from the static tables: the
+  most any distribution codec can add inside the adaptive coder.
+* :func:`share_estimates`: the paper's codec's share of the static→ideal gap on the train and
+  the test split (estimated bits: cross-entropies and the side latent's likelihoods), and how the
+  remaining loss spreads over channels.
+* :func:`corpus_ablation`: the paper's codec trained on the first 4, 8, 16 train photographs
+  with one fixed budget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+import torch
+
+import common as C
+
+
+def _photos(split: str):
+    import torchvision.transforms as T
+
+    from encdist.datasets import PhotoCorpus, pad_to_multiple
+
+    ds = PhotoCorpus(split, transform=T.ToTensor())
+    return [(ds.names[i], pad_to_multiple(ds[i].unsqueeze(0), 64)[0], ds[i].shape[-2] * ds[i].shape[-1]) for i in range(len(ds.names))]
+
+
+@torch.no_grad()
+def training_rate(model, mode: str, splits: Sequence[str] = ("valid", "test")) -> Dict[str, Any]:
+    """``forward``'s y rate (what the criterion logs as ``bpp_y``) against the y bytes written, in ``mode``."""
+    codec = model.adaptive_codec
+    out = {}
+    for split in splits:
+        est = real = 0.0
+        for _, x, _px in _photos(split):
+            y = model.g_a(x)
+            est += float(-torch.log2(codec(y, mode)["likelihoods"]["y"]).sum())
+            real += 8.0 * sum(len(s) for s in codec.compress(y, mode)["strings"][0])
+        out[split] = {"estimated_bits": est, "real_bits": real, "rel_error_pct": 100 * (est / real - 1)}
+    return out
+
+
+@torch.no_grad()
+def prior_bound(model, split: str = "test") -> Dict[str, Any]:
+    """Exact bits (integer tables) of the backward coder from the exact histogram, from p̂ and from the static tables."""
+    from encdist.codec.coding import static_tables, table_support
+
+    codec = model.adaptive_codec
+    ad = codec.adaptation
+    static = static_tables(codec.entropy_bottleneck)
+    lo, length = (t.numpy() for t in table_support(codec.entropy_bottleneck, codec.num_bins))
+    tot = {"exact_histogram": 0.0, "p_hat": 0.0, "static": 0.0, "p_hat_or_static": 0.0, "exact_or_static": 0.0}
+    for _, x, px in _photos(split):
+        y = model.g_a(x)
+        sym = codec._symbols(y)[0].numpy()
+        p = codec._hard_histogram(y)
+        p_hat = codec.pdf_model.decompress(codec.pdf_model.compress(p)["strings"])
+        starts = []
+        for pmf in (p, p_hat):
+            cdf, _, off = codec.adaptive_tables(pmf)
+            starts.append((cdf[0].numpy(), off.numpy()))
+        starts.append((static[0].numpy(), static[2].numpy()))
+        freqs, b_lo, b_len = ad.base_freqs(starts, lo, length, ad.radius(sym, codec.num_bins))
+        bits = ad.plan(sym, np.stack(freqs), b_lo, b_len).bits  # (3, C)
+        for k, name in enumerate(("exact_histogram", "p_hat", "static")):
+            tot[name] += bits[k].sum() / px
+        tot["p_hat_or_static"] += np.minimum(bits[1], bits[2]).sum() / px
+        tot["exact_or_static"] += np.minimum(bits[0], bits[2]).sum() / px
+    n = len(_photos(split))
+    bpp = {k: v / n for k, v in tot.items()}
+    below = {k: 100 * (1 - bpp[k] / bpp["static"]) for k in bpp if k != "static"}
+    return {"split": split, "bpp_y": bpp, "pct_below_static_start": below, "adaptation": list(ad.params)}
+
+
+@torch.no_grad()
+def share_estimates(model, splits: Sequence[str] = ("train", "test"), top: int = 5) -> Dict[str, Any]:
+    """The paper's codec (fixed p̂ tables) against the static tables and the exact histogram, in estimated bits."""
+    codec, pm = model.adaptive_codec, model.adaptive_codec.pdf_model
+    static = codec.static_pmf()
+    out = {}
+    for split in splits:
+        photos = _photos(split)
+        st = idl = pap = side = 0.0
+        ch_gap, ch_loss = torch.zeros(codec.channels), torch.zeros(codec.channels)
+        for _, x, px in photos:
+            y = model.g_a(x)
+            p = codec._hard_histogram(y)
+            counts = p[0] * (y.shape[-2] * y.shape[-1])
+            v = pm.g_a(p)
+            med = pm.entropy_bottleneck.quantiles[:, 0, 1].view(1, -1, 1)
+            v_hat = torch.round(v - med) + med
+            bits_y, bits_v = pm.coding_cost(v_hat, p * (y.shape[-2] * y.shape[-1]))
+            b_static = -(counts * torch.log2(static)).sum(-1)
+            b_ideal = -(counts * torch.log2(p[0].clamp_min(1e-12))).sum(-1)
+            st, idl, pap, side = st + b_static.sum() / px, idl + b_ideal.sum() / px, pap + bits_y.sum() / px, side + float(bits_v) / px
+            ch_gap += (b_static - b_ideal) / px
+            ch_loss += (bits_y[0] - b_ideal) / px
+        n = len(photos)
+        gap, loss = float(st - idl), float(pap + side - idl)
+        order = torch.argsort(ch_loss, descending=True)
+        k10 = max(1, codec.channels // 10)
+        out[split] = {
+            "images": n, "bpp_static": float(st) / n, "bpp_ideal": float(idl) / n, "bpp_paper_y": float(pap) / n,
+            "bpp_side": side / n, "gap_closed_pct": 100 * (1 - loss / gap) if gap > 0 else None,
+            "side_share_of_loss_pct": 100 * side / loss if loss > 0 else None,
+            "loss_share_top10pct_channels_pct": 100 * float(ch_loss[order[:k10]].sum() / ch_loss.sum()),
+            "channels_keeping_half_their_gap": int((ch_loss > 0.5 * ch_gap.clamp_min(0)).sum()),
+            "channels": codec.channels,
+            "top_channels": [{"channel": int(c), "loss_bpp": float(ch_loss[c]) / n, "gap_bpp": float(ch_gap[c]) / n} for c in order[:top]],
+        }
+    return out
+
+
+def corpus_ablation(prof, wdir: Path, quality: int, sizes: Sequence[int], train_fn) -> List[Dict[str, Any]]:
+    """The paper's codec trained on the first ``k`` train photographs (same budget each), then its shares."""
+    from encdist.cli.eval import load_run
+
+    rows = []
+    for k in sizes:
+        root = wdir / f"ablation_root_k{k}"
+        run = train_fn(root, quality, [f"++dataset.train.config.max_images={k}",
+                                       *C.budget_overrides(prof["ablation_epochs"], prof["ablation_samples"])],
+                       wdir / "logs" / f"ablation-q{quality}-k{k}.log")
+        model, _, _ = load_run(run)
+        model = model.cpu().eval()
+        model.update(force=True)
+        est = share_estimates(model, top=0)
+        rows.append({"train_images": k, "run": C.rel(run),
+                     **{f"{s}_gap_closed_pct": est[s]["gap_closed_pct"] for s in est}})
+    return rows
