@@ -161,9 +161,10 @@ def main(argv=None) -> int:
     res["environment"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The measurements first: a report that fails to render loses no measured number (report.py re-renders).
+    (out_dir / f"{args.machine}.json").write_text(json.dumps(C.clean(res), indent=1, default=C.json_default) + "\n")
     md = render_md(res)
     (out_dir / f"{args.machine}.md").write_text(md)
-    (out_dir / f"{args.machine}.json").write_text(json.dumps(C.clean(res), indent=1, default=C.json_default) + "\n")
     print("\n" + md, flush=True)
     C.log(f"wrote {out_dir / (args.machine + '.md')} and .json in {res['wall_s'] / 60:.1f} min")
     return 0
