@@ -71,7 +71,9 @@ def _images(limit: int | None = None):
 
     ds = PhotoCorpus("test", transform=T.ToTensor())
     n = len(ds) if limit is None else min(limit, len(ds))
-    return ds.source, [(ds.names[i], ds[i].unsqueeze(0)) for i in range(n)]
+    # The corpus folder names the split (photos/test), not this machine's absolute path.
+    source = ds.source if ds.source == "scikit-image" else "/".join(Path(ds.source).parts[-2:])
+    return source, [(ds.names[i], ds[i].unsqueeze(0)) for i in range(n)]
 
 
 def _completed_run(root: Path, quality: int) -> Path | None:
