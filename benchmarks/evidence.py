@@ -61,7 +61,8 @@ def prior_bound(model, split: str = "test") -> Dict[str, Any]:
     static = static_tables(codec.entropy_bottleneck)
     lo, length = (t.numpy() for t in table_support(codec.entropy_bottleneck, codec.num_bins))
     tot = {"exact_histogram": 0.0, "p_hat": 0.0, "static": 0.0, "p_hat_or_static": 0.0, "exact_or_static": 0.0}
-    for _, x, px in _photos(split):
+    photos = _photos(split)
+    for _, x, px in photos:
         y = model.g_a(x)
         sym = codec._symbols(y)[0].numpy()
         p = codec._hard_histogram(y)
@@ -77,8 +78,7 @@ def prior_bound(model, split: str = "test") -> Dict[str, Any]:
             tot[name] += bits[k].sum() / px
         tot["p_hat_or_static"] += np.minimum(bits[1], bits[2]).sum() / px
         tot["exact_or_static"] += np.minimum(bits[0], bits[2]).sum() / px
-    n = len(_photos(split))
-    bpp = {k: v / n for k, v in tot.items()}
+    bpp = {k: v / len(photos) for k, v in tot.items()}
     below = {k: 100 * (1 - bpp[k] / bpp["static"]) for k in bpp if k != "static"}
     return {"split": split, "bpp_y": bpp, "pct_below_static_start": below, "adaptation": list(ad.params)}
 
@@ -96,13 +96,11 @@ def share_estimates(model, splits: Sequence[str] = ("train", "test"), top: int =
         for _, x, px in photos:
             y = model.g_a(x)
             p = codec._hard_histogram(y)
-            counts = p[0] * (y.shape[-2] * y.shape[-1])
-            v = pm.g_a(p)
-            med = pm.entropy_bottleneck.quantiles[:, 0, 1].view(1, -1, 1)
-            v_hat = torch.round(v - med) + med
-            bits_y, bits_v = pm.coding_cost(v_hat, p * (y.shape[-2] * y.shape[-1]))
-            b_static = -(counts * torch.log2(static)).sum(-1)
-            b_ideal = -(counts * torch.log2(p[0].clamp_min(1e-12))).sum(-1)
+            counts = p * (y.shape[-2] * y.shape[-1])
+            v_hat = pm.entropy_bottleneck.quantize(pm.g_a(p), "dequantize", pm._side_medians())
+            bits_y, bits_v = pm.coding_cost(v_hat, counts)
+            b_static = -(counts[0] * torch.log2(static)).sum(-1)
+            b_ideal = -(counts[0] * torch.log2(p[0].clamp_min(1e-12))).sum(-1)
             st, idl, pap, side = st + b_static.sum() / px, idl + b_ideal.sum() / px, pap + bits_y.sum() / px, side + float(bits_v) / px
             ch_gap += (b_static - b_ideal) / px
             ch_loss += (bits_y[0] - b_ideal) / px

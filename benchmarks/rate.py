@@ -138,7 +138,6 @@ ARM_MODEL = {"paper": "paper", "fallback": "paper", "static_backward": "adaptive
 @torch.no_grad()
 def _evaluate(runs: Dict[str, Path], images) -> Dict[str, Any]:
     from encdist.codec.bitstream import MODE_BACKWARD, MODE_MIXED, MODE_STATIC, parse_side, unpack_mask
-    from encdist.datasets import pad_to_multiple
     from encdist.evaluation.evaluate import evaluate_image
 
     models = {k: _load(r) for k, r in runs.items()}
@@ -146,9 +145,9 @@ def _evaluate(runs: Dict[str, Path], images) -> Dict[str, Any]:
     rows = []
     for name, x in images:
         res = evaluate_image(models["paper"][0], x, modes=("static",) + tuple(a for a in ARMS if ARM_MODEL[a] == "paper"))
-        res.update(evaluate_image(models["adaptive"][0], x, modes=tuple(a for a in ARMS if ARM_MODEL[a] == "adaptive")))
-        enc = models["adaptive"][0].compress(pad_to_multiple(x, 64)[0])
-        side = parse_side(enc["strings"][-1][0], codec.channels, codec.num_bins)
+        streams: Dict[str, Dict] = {}
+        res.update(evaluate_image(models["adaptive"][0], x, modes=tuple(a for a in ARMS if ARM_MODEL[a] == "adaptive"), streams=streams))
+        side = parse_side(streams["adaptive"]["strings"][-1][0], codec.channels, codec.num_bins)
         static_ch = codec.channels if side.base == MODE_STATIC else (
             codec.channels - int(unpack_mask(side.mask, codec.channels).sum()) if side.base == MODE_MIXED else 0)
         rows.append({"image": name, "size": list(x.shape[-2:]), "mode_byte": side.mode, "backward": bool(side.mode & MODE_BACKWARD),

@@ -30,6 +30,7 @@ from encdist.errors import CheckpointError, EncdistError
 from encdist.datasets import pad_to_multiple
 from encdist.evaluation.evaluate import evaluate_image, mean_metrics
 from encdist.evaluation.results import save_results
+from encdist.training.losses import split_bpp
 
 __all__ = ["BaseRunner", "InferenceOptions", "NonFiniteLossError"]
 
@@ -316,9 +317,8 @@ class BaseRunner(dl.Runner):
         rate it trained for is from the rate it codes at.
         """
         x_pad, _ = pad_to_multiple(x, self.pad_multiple)
-        lik = self.raw_model(x_pad, with_x_hat=False)["likelihoods"]
-        bits = sum(float(-torch.log2(v).sum()) for k, v in lik.items() if not k.startswith("pdf"))
-        return bits / (x.shape[-2] * x.shape[-1])
+        bpp = split_bpp(self.raw_model(x_pad, with_x_hat=False)["likelihoods"], x.shape[-2] * x.shape[-1])
+        return float(sum(v for k, v in bpp.items() if not k.startswith("pdf")))
 
     def _before_infer(self) -> None:
         """Hook run before an infer loader."""

@@ -282,12 +282,11 @@ class BackwardAdaptation:
 
         .. code-block:: none
 
-            q(s) = (α·π(s) + n_b(s)) / (α + Σ_s' n_b(s')),     n_{b+1} = γ·n_b + hist_b
+            q(s) = (α·π(s) + n_b(s)) / (α·Σ_s' π(s') + Σ_s' n_b(s')),     n_{b+1} = γ·n_b + hist_b
 
         with ``π`` the prior restricted to the coded support (the bottleneck's
         support ``lo … lo+length-1`` within the image's ``±radius``), not
-        renormalized, as :meth:`base_freqs` does with integer tables (so ``α`` in the
-        denominator is ``α·Σπ``). It leaves out
+        renormalized, as :meth:`base_freqs` does with integer tables. It leaves out
         what the integer coder adds (one frequency unit per used symbol, floors of
         the decayed counts, escapes' bypass bits), well under 1 % of the bits.
         The counts depend on the symbols only: the gradient goes to the priors.

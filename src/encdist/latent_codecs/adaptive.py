@@ -223,12 +223,11 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             p_hat, pdf_likelihoods = out["p_hat"], out["likelihoods"]
         else:
             p_hat = self.static_pmf().unsqueeze(0).expand(n, -1, -1)
-        # Forward: p̂ at the coded symbol; backward: straight-through gradients to p̂ and y.
-        fixed = torch.exp(interp_log_pmf(torch.log(p_hat.clamp_min(1e-9)), t))
         if o.backward or o.fallback:
-            y_likelihoods = self._deployed_likelihoods(o, t, p_hat, fixed)
+            y_likelihoods = self._deployed_likelihoods(o, t, p_hat)
         else:
-            y_likelihoods = fixed
+            # Forward: p̂ at the coded symbol; backward: straight-through gradients to p̂ and y.
+            y_likelihoods = torch.exp(interp_log_pmf(torch.log(p_hat.clamp_min(1e-9)), t))
         return {
             "likelihoods": {"y": y_likelihoods, "pdf": pdf_likelihoods},
             "y_hat": y_hat,
@@ -236,20 +235,26 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             "p_hat": p_hat,
         }
 
-    def _deployed_likelihoods(self, o: CodingOptions, t: Tensor, p_hat: Tensor, fixed: Tensor) -> Tensor:
-        """Likelihoods of the backward-adapted and/or fallback coder ``o`` at bin coordinates ``t``."""
-        symbols = t.detach().round() - self.num_bins // 2
-        static = self.static_pmf().unsqueeze(0)
-        static_fixed = static.expand(len(t), -1, -1).gather(
-            2, (symbols + self.num_bins // 2).long().clamp(0, self.num_bins - 1).flatten(2)).view_as(t)
+    def _deployed_likelihoods(self, o: CodingOptions, t: Tensor, p_hat: Tensor) -> Tensor:
+        """Likelihoods of the backward-adapted and/or fallback coder ``o`` at bin coordinates ``t``.
+
+        ``p_hat`` is the static pmf itself when ``o`` offers no p̂ (``use_pdf=False``).
+        """
+        static = p_hat[:1] if not o.use_pdf else self.static_pmf().unsqueeze(0)
         families = []
         if o.backward:
             eb = self.entropy_bottleneck
             support = table_support(eb, self.num_bins) if eb._offset.numel() else (None, None)
-            priors = [p_hat, static] if o.use_pdf else [static]
-            families.append(self.adaptation.likelihoods(symbols, priors, *support))
+            symbols = t.detach().round() - self.num_bins // 2
+            families.append(self.adaptation.likelihoods(symbols, [p_hat, static] if o.use_pdf else [static], *support))
         if not o.backward or o.fallback:
-            families.append([fixed, static_fixed] if o.use_pdf else [static_fixed])
+            # Fixed tables: p̂ at the coded symbol, with straight-through gradients to p̂ and y.
+            fixed = torch.exp(interp_log_pmf(torch.log(p_hat.clamp_min(1e-9)), t))
+            if o.use_pdf:
+                bins = t.detach().round().long().clamp(0, self.num_bins - 1).flatten(2)
+                families.append([fixed, static.expand(len(t), -1, -1).gather(2, bins).view_as(t)])
+            else:
+                families.append([fixed])
         lik = cheapest_likelihoods(families, o.fallback)
         if o.backward and t.requires_grad:
             # The adapted tables' counts do not depend on y: a y that trains follows the fixed tables' gradient.
