@@ -132,7 +132,7 @@ def corpus_ablation(prof, wdir: Path, quality: int, sizes: Sequence[int], train_
                        wdir / "logs" / f"ablation-q{quality}-k{k}.log")
         model, _, _ = load_run(run)
         model = model.cpu().eval()
-        model.update(force=True)
+        model.update()
         est = share_estimates(model, top=0)
         rows.append({"train_images": k, "run": C.rel(run),
                      **{f"{s}_gap_closed_pct": est[s]["gap_closed_pct"] for s in est}})

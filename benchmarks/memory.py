@@ -50,7 +50,7 @@ def _codec(C: int):
 
     torch.manual_seed(0)
     model = MODELS["bmshj2018-factorized-pdf"](N=8, M=C).eval()  # the transforms' size does not matter here
-    model.update(force=True)
+    model.update()
     return model.adaptive_codec
 
 

@@ -127,7 +127,7 @@ def _load(run: Path):
 
     model, conf, ckpt = load_run(run)
     model = model.cpu().eval()
-    model.update(force=True)
+    model.update()
     return model, conf, ckpt
 
 

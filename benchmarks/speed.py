@@ -61,7 +61,7 @@ def _call_timer(model, mode: str) -> "H.CallTimer":
 def section_coding(args, prof, model, model_desc) -> Dict[str, Any]:
 
     model = copy.deepcopy(model).cpu().eval()
-    model.update(force=True)
+    model.update()
     codec = model.adaptive_codec
     x, image_name = _coding_image()
     reps, warm = prof["coding_reps"], prof["coding_warmup"]

@@ -201,8 +201,8 @@ def test_actual_bits_match_the_tables_exact_cost():
     with torch.no_grad():
         enc = codec.compress(y)
         side = parse_side(enc["strings"][1][0], codec.channels, codec.num_bins)
-        a_cdf, a_len, a_off = codec.adaptive_tables(codec._unpack_side(side.pdf, ideal=False))
-    family = codec._backward_family(sym, (a_cdf[0], a_len, a_off), static_tables(codec.entropy_bottleneck))
+        adaptive = codec.side_tables(side.pdf, ideal=False)
+    family = codec._backward_family(sym, adaptive, static_tables(codec.entropy_bottleneck))
     est = float(family.bits()[0].sum())
     actual = 8 * len(enc["strings"][0][0])
     assert est - 32 <= actual <= est + 64, (est, actual)

@@ -1,14 +1,17 @@
 """The bitstream format (``encdist.codec.bitstream``): golden bytes, parsing, bounded decoding, the file.
 
 Golden bytes (tensorflow-compression style): ``tests/data/golden_v<FORMAT_VERSION>.json`` holds
-streams written by a small codec of fixed seed in every way of coding, with the symbols they
-hold. Stored streams must decode to the stored symbols, and today's encoder must write the
+streams written in every way of coding (the mixed channel mask and backward adaptation started
+from p̂ included) of a real latent by the committed q6 bottleneck and a trained distribution
+codec (``tests/real_latents.py``). Stored streams must decode to the stored symbols, and today's encoder must write the
 same bytes: a change of format fails here until ``FORMAT_VERSION`` is raised and the golden
 file of the new version written (``python tests/test_bitstream.py --regenerate``).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import struct
 import sys
@@ -20,35 +23,30 @@ import torch
 import encdist  # noqa: F401
 from encdist.codec import bitstream as bs
 from encdist.errors import BitstreamError
-from encdist.latent_codecs import CODING_MODES, AdaptiveEntropyBottleneckLatentCodec
+from encdist.latent_codecs import CODING_MODES, AdaptiveEntropyBottleneckLatentCodec, CodingOptions
+from real_latents import FIXTURE, real_codec, real_latent, real_symbols
 
 GOLDEN = Path(__file__).parent / "data" / f"golden_v{bs.FORMAT_VERSION}.json"
-WAYS = ("default", "paper", "fallback", "static_backward", "ideal", "static")
+#: Every way of coding, by name: CODING_MODES' and the p̂-started backward adaptation without fallback.
+OPTIONS = dict(CODING_MODES, pdf_backward=CodingOptions(fallback_static=False))
+WAYS = ("default", "paper", "fallback", "static_backward", "pdf_backward", "ideal", "static")
+SHAPE = (16, 16)
 
 
+@functools.lru_cache(maxsize=1)
 def _codec() -> AdaptiveEntropyBottleneckLatentCodec:
-    torch.manual_seed(0)
-    codec = AdaptiveEntropyBottleneckLatentCodec(channels=8).eval()
-    with torch.no_grad():  # a static density of some spread, so the tables are not degenerate
-        codec.entropy_bottleneck.quantiles.copy_(torch.tensor([-6.0, 0.0, 6.0]).expand(8, 1, 3))
-    codec.entropy_bottleneck.update(force=True)
-    codec.pdf_model.entropy_bottleneck.update(force=True)
-    return codec
-
-
-def _latent() -> torch.Tensor:
-    g = torch.Generator().manual_seed(7)
-    y = torch.round(torch.randn(1, 8, 6, 10, generator=g) * torch.linspace(0.5, 3, 8).view(1, -1, 1, 1))
-    y[0, 2, 1, 3] = 20.0  # an escape
-    return y
+    """The committed q6 bottleneck and the fixture's trained distribution codec (real latents)."""
+    return real_codec()
 
 
 def _streams():
-    codec, y = _codec(), _latent()
-    out = {"format_version": bs.FORMAT_VERSION, "shape": [6, 10], "symbols": _latent()[0].long().tolist(), "streams": {}}
+    codec = _codec()
+    y = real_latent(codec)
+    out = {"format_version": bs.FORMAT_VERSION, "fixture_sha256": hashlib.sha256(FIXTURE.read_bytes()).hexdigest(),
+           "shape": list(SHAPE), "streams": {}}
     with torch.no_grad():
         for way in WAYS:
-            enc = codec.compress(y, CODING_MODES[way])
+            enc = codec.compress(y, OPTIONS[way])
             out["streams"][way] = {"y": enc["strings"][0][0].hex(), "pdf": enc["strings"][1][0].hex()}
     return out
 
@@ -67,14 +65,15 @@ def test_golden_streams_decode_to_the_stored_symbols(golden, way):
     s = golden["streams"][way]
     strings = [[bytes.fromhex(s["y"])], [bytes.fromhex(s["pdf"])]]
     with torch.no_grad():
-        y_hat = codec.decompress(strings, golden["shape"], CODING_MODES[way])["y_hat"]
+        y_hat = codec.decompress(strings, golden["shape"], OPTIONS[way])["y_hat"]
     medians = codec.entropy_bottleneck.quantiles[:, 0, 1].detach().view(1, -1, 1, 1)
-    assert torch.equal((y_hat - medians).round().long()[0], torch.tensor(golden["symbols"]))
+    assert torch.equal((y_hat - medians).round().long(), real_symbols())
 
 
 def test_encoder_writes_the_golden_bytes(golden):
     """A change of the bytes must come with a new FORMAT_VERSION (and its golden file)."""
     assert golden["format_version"] == bs.FORMAT_VERSION
+    assert golden["fixture_sha256"] == hashlib.sha256(FIXTURE.read_bytes()).hexdigest(), "the fixture changed"
     now = _streams()
     for way in WAYS:
         assert now["streams"][way] == golden["streams"][way], (
@@ -84,11 +83,16 @@ def test_encoder_writes_the_golden_bytes(golden):
 
 
 def test_golden_modes_cover_the_format(golden):
-    modes = {way: bytes.fromhex(s["pdf"])[0] if s["pdf"] else None for way, s in golden["streams"].items()}
-    assert modes["static"] is None
+    modes = {way: bytes.fromhex(s["pdf"])[0] for way, s in golden["streams"].items()}
+    assert modes["static"] == bs.MODE_STATIC  # a checksummed header on the baseline too
     assert modes["paper"] == bs.MODE_ADAPTIVE
-    assert modes["static_backward"] & bs.MODE_BACKWARD and modes["static_backward"] & 0x0F == bs.MODE_STATIC
-    assert modes["default"] & bs.MODE_BACKWARD
+    assert modes["fallback"] == bs.MODE_MIXED  # a real channel mask
+    assert modes["static_backward"] == bs.MODE_STATIC | bs.MODE_BACKWARD
+    assert modes["pdf_backward"] == bs.MODE_ADAPTIVE | bs.MODE_BACKWARD
+    assert modes["ideal"] == bs.MODE_ADAPTIVE
+    mask = bytes.fromhex(golden["streams"]["fallback"]["pdf"])[bs.HEADER_SIZE : bs.HEADER_SIZE + bs.mask_bytes(192)]
+    used = int(bs.unpack_mask(mask, 192).sum())
+    assert 0 < used < 192, f"the mixed mask uses p̂ on {used} of 192 channels"
 
 
 # ---------------------------------------------------------------------- malformed input
@@ -106,7 +110,7 @@ BAD_STRINGS = [
 def test_malformed_strings_raise_bitstream_error(strings, match):
     codec = _codec()
     with pytest.raises(BitstreamError, match=match):
-        codec.decompress(strings, (6, 10))
+        codec.decompress(strings, SHAPE)
 
 
 @pytest.mark.parametrize("shape", [(0, 5), (-1, 4), (3,), None, ("a", 2), (2.5, 3), (True, 3), (100_000, 100_000), (1 << 20, 2)])
@@ -117,14 +121,14 @@ def test_absurd_or_invalid_shapes_raise_before_any_allocation(shape, golden):
         codec.decompress([[bytes.fromhex(s["y"])], [bytes.fromhex(s["pdf"])]], shape)
 
 
-@pytest.mark.parametrize("way", ["default", "paper", "static_backward"])
-@pytest.mark.parametrize("shape", [(6, 11), (5, 10), (12, 10), (1, 1)])
+@pytest.mark.parametrize("way", ["default", "paper", "static_backward", "pdf_backward", "static"])
+@pytest.mark.parametrize("shape", [(16, 17), (15, 16), (32, 16), (1, 1)])
 def test_shape_inconsistent_with_the_stream_is_refused(golden, way, shape):
     """Another number of positions decodes other symbols: the checksum refuses them."""
     codec = _codec()
     s = golden["streams"][way]
     with pytest.raises(BitstreamError):
-        codec.decompress([[bytes.fromhex(s["y"])], [bytes.fromhex(s["pdf"])]], shape, CODING_MODES[way])
+        codec.decompress([[bytes.fromhex(s["y"])], [bytes.fromhex(s["pdf"])]], shape, OPTIONS[way])
 
 
 def test_parse_side_rejects_every_malformed_header():
@@ -148,17 +152,21 @@ def test_ideal_counts_payload_is_bounded():
 def test_file_round_trip_and_refusals(golden):
     s = golden["streams"]["default"]
     strings = [[bytes.fromhex(s["y"])], [bytes.fromhex(s["pdf"])]]
-    data = bs.pack_file(strings, (96, 160), (6, 10), 0x1234ABCD)
+    data = bs.pack_file(strings, (256, 256), SHAPE, 0x1234ABCD)
     assert data[:4] == bs.FILE_MAGIC and data[4] == bs.FORMAT_VERSION
-    assert bs.unpack_file(data, 0x1234ABCD) == (strings, (96, 160), (6, 10), "adaptive")
+    assert bs.unpack_file(data, 0x1234ABCD) == (strings, (256, 256), SHAPE, "adaptive")
     for coding in bs.FILE_CODING:
-        assert bs.unpack_file(bs.pack_file(strings, (96, 160), (6, 10), 7, coding))[3] == coding
+        assert bs.unpack_file(bs.pack_file(strings, (256, 256), SHAPE, 7, coding))[3] == coding
     with pytest.raises(BitstreamError, match="another model"):
         bs.unpack_file(data, 0x1234ABCE)
     newer = bytearray(data)
     newer[4] += 1
     with pytest.raises(BitstreamError, match="format version"):
         bs.unpack_file(bytes(newer))
+    older = bytearray(data)  # version 1 rebuilt tables from floats: refused, saying so
+    older[4] = 1
+    with pytest.raises(BitstreamError, match="format version 1: .*re-encode"):
+        bs.unpack_file(bytes(older))
     with pytest.raises(BitstreamError, match="checksum|truncated"):
         bs.unpack_file(data[:-3])
     flipped = bytearray(data)

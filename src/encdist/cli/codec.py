@@ -35,7 +35,7 @@ def _model(run: str, device: str):
         raise ConfigError(f"--device {device}: CUDA is not available here")
     model, conf, _ = load_run(run)
     model = model.to(device).eval()
-    model.update(force=True)
+    model.update()
     return model
 
 

@@ -234,7 +234,7 @@ def evaluate_runs(
     out: Dict[str, tuple[list, list]] = {m: ([], []) for m in modes}
     for (model, conf, desc), folder in zip(runs, folders):
         model.to(device)
-        model.update(force=True)
+        model.update()
         use = [m for m in modes if m == "adaptive" or hasattr(model, "adaptive_codec")]
         rows: Dict[str, list] = {m: [] for m in use}
         for name, x in iter_images(conf, dataset):

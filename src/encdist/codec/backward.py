@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from encdist.codec.bitstream import block_order, stream_layout
-from encdist.codec.coding import PRECISION, BufferedEncoder
+from encdist.codec.coding import PRECISION, BufferedEncoder, integer_cdf_table
 
 __all__ = [
     "BackwardAdaptation",
@@ -61,34 +61,6 @@ __all__ = [
 COUNT_ONE = 256
 #: A count unit's weight next to the base table's frequencies (which sum to ``2**PRECISION``).
 _COUNT_SCALE = (1 << PRECISION) // COUNT_ONE
-
-
-def integer_cdf_table(weights: np.ndarray, used: np.ndarray, precision: int = PRECISION) -> np.ndarray:
-    """Quantized CDFs ``(..., K+1)`` from non-negative integer weights ``(..., K)``, integers only.
-
-    Every used symbol (``used``, broadcast to ``weights``) gets a frequency of
-    at least 1, the rest of ``2**precision`` is shared in proportion to
-    ``weights`` (floor), and the rounding remainder goes to the heaviest
-    symbol (the first one on ties); unused entries get 0, so the CDF repeats
-    its total there. Exact on every platform, unlike a float normalization.
-    """
-    total = 1 << precision
-    used = np.broadcast_to(used, weights.shape)
-    w = np.where(used, np.maximum(weights, 0), 0).astype(np.int64, copy=False)
-    s = w.sum(-1, keepdims=True)
-    if (s == 0).any():
-        # A row of zero weights (impossible with a base table, but be safe) becomes uniform.
-        w = np.where(used & (s == 0), 1, w)
-        s = w.sum(-1, keepdims=True)
-    k = used.sum(-1, keepdims=True)
-    freq = (w * (total - k)) // s + used
-    K = w.shape[-1]
-    flat = freq.reshape(-1, K)
-    rows = np.arange(len(flat))
-    flat[rows, w.reshape(-1, K).argmax(1)] += total - flat.sum(1)
-    cdf = np.zeros(freq.shape[:-1] + (K + 1,), dtype=np.int32)
-    np.cumsum(flat.reshape(freq.shape), -1, out=cdf[..., 1:])
-    return cdf
 
 
 def table_indexes(values: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:

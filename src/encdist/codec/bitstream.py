@@ -15,18 +15,26 @@ Per image, the latent codec returns ``strings = [y_strings, pdf_strings]``:
                    fixed tables: channel-major, raster order (CompressAI's layout)
                    MODE_BACKWARD: block by block (:func:`block_order`), channel-major within a block
     pdf string:  [mode: 1 byte][crc32: 4 bytes, big-endian][payload]
-                 (the static baseline, ``CodingOptions(adaptive=False)``, writes no pdf string at all)
+                 (the static baseline, ``CodingOptions(adaptive=False)``, writes the header alone:
+                 MODE_STATIC and its checksum, behind CompressAI's own y bytes)
     payload:     [radius: 1 byte, if MODE_BACKWARD] then, by the mode's low bits,
                    MODE_STATIC   nothing
                    MODE_ADAPTIVE side strings of p̂ (the pdf model's EntropyBottleneck stream),
                                  or zlib-packed int32 counts (C·B) in ideal mode
                    MODE_MIXED    ceil(C/8) bytes of channel flags (bit set: p̂'s table), then as MODE_ADAPTIVE
 
+Every table a decoder uses is integers from integers: the static bottleneck's tables are
+part of the weights (CompressAI's ``_quantized_cdf`` buffers, in the model's fingerprint,
+never rebuilt by a decoder), p̂'s tables come from the side symbols through an integer-only
+synthesis (:mod:`encdist.codec.fixed_point`), ideal-mode tables from the sent counts, and
+the backward-adapted ones from integer counts. So a stream decodes to the same symbols on
+any platform, thread count, device or float precision.
+
 The checksum is ``crc32`` over, in order: the model configuration's fingerprint (seed),
 ``pack(">BI", mode, len(y string))``, the payload, and the decoded symbols as
 native-endian int32 (C, h, w). It covers the *decoded symbols*, so a truncated or
-corrupt stream, a stream of another configuration, or a p̂ rebuilt differently on
-another platform is refused instead of decoding to a wrong image.
+corrupt stream or a stream of another configuration is refused instead of decoding to a
+wrong image, in every way of coding, the static baseline's included.
 
 The file ``encdist-codec`` writes holds one image, big-endian::
 
@@ -81,8 +89,9 @@ __all__ = [
     "unpack_file",
 ]
 
-#: Version of this format (side stream, y-symbol order, file container).
-FORMAT_VERSION = 1
+#: Version of this format (side stream, y-symbol order, tables, file container).
+#: 2: a checksummed header on static streams too; p̂'s and ideal mode's tables integers only.
+FORMAT_VERSION = 2
 
 MODE_STATIC = 0
 MODE_ADAPTIVE = 1
@@ -99,8 +108,8 @@ HEADER_SIZE = _HEADER.size
 MAX_LATENT_POSITIONS = 1024 * 1024
 
 MISMATCH = (
-    "bitstream checksum mismatch: the streams are corrupt or truncated, were made by "
-    "a model of another configuration, or decoded on a platform that rebuilt p̂ differently"
+    "bitstream checksum mismatch: the streams are corrupt or truncated, or were made by "
+    "a model of another configuration"
 )
 
 
@@ -292,16 +301,26 @@ _LEN = struct.Struct(">I")
 MAX_IMAGE_SIDE = 1 << 16
 
 
+#: Integer entropy-coding tables in a state dict: hashed as int32, exactly.
+_TABLE_KEYS = ("_quantized_cdf", "_offset", "_cdf_length")
+
+
 def model_fingerprint(model) -> int:
-    """crc32 of a model's class and every weight (float32 little-endian, by name): which model wrote a file."""
+    """crc32 of a model's class, every weight (float32 little-endian) and every table (int32), by name.
+
+    Which model wrote a file. The entropy-coding tables are part of it: they are weights a
+    decoder uses as stored, never rebuilt, so a model whose tables differ is another model.
+    The same weights in float16, float64 or channels_last give the same fingerprint.
+    """
     import torch
 
     crc = zlib.crc32(type(model).__name__.encode())
     for name, t in sorted(model.state_dict().items()):
-        if name.rsplit(".", 1)[-1] in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table"):
-            continue  # derived by update(): the same for the same weights
+        if name.rsplit(".", 1)[-1] == "scale_table":
+            continue  # a float parameter of GaussianConditional's tables, which are hashed themselves
         crc = zlib.crc32(name.encode(), crc)
-        crc = zlib.crc32(t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes(), crc)
+        dtype, np_dtype = (torch.int32, "<i4") if name.endswith(_TABLE_KEYS) else (torch.float32, "<f4")
+        crc = zlib.crc32(t.detach().to("cpu", dtype).contiguous().numpy().astype(np_dtype).tobytes(), crc)
     return crc
 
 
@@ -336,7 +355,8 @@ def unpack_file(data: bytes, fingerprint: int | None = None):
         raise BitstreamError(f"truncated file: {len(data)} bytes is shorter than the header")
     _, version, coding, fp, H, W, h, w, k = _FILE_HEAD.unpack_from(data)
     if version != FORMAT_VERSION:
-        raise BitstreamError(f"file format version {version}: this decoder reads version {FORMAT_VERSION}")
+        hint = " (re-encode the image: version 1 rebuilt tables with float arithmetic)" if version < FORMAT_VERSION else ""
+        raise BitstreamError(f"file format version {version}: this decoder reads version {FORMAT_VERSION}{hint}")
     if zlib.crc32(bytes(data[:-_LEN.size])) != _LEN.unpack_from(data, len(data) - _LEN.size)[0]:
         raise BitstreamError("corrupt or truncated file (checksum mismatch)")
     if fingerprint is not None and fp != (fingerprint & 0xFFFFFFFF):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Sequence, Tuple
 
+import numpy as np
 import torch
 from compressai import ans
 from torch import Tensor
@@ -31,6 +32,8 @@ from encdist.errors import BitstreamError
 __all__ = [
     "PRECISION",
     "quantized_cdf_table",
+    "integer_cdf_table",
+    "weight_tables",
     "table_bits",
     "CHUNK_SYMBOLS",
     "BufferedEncoder",
@@ -93,6 +96,34 @@ def quantized_cdf_table(pmf: Tensor, lengths: Tensor, precision: int = PRECISION
 
     cdf = torch.cat([torch.zeros_like(freq[..., :1]), freq.cumsum(-1)], dim=-1)
     return cdf.to(torch.int32)
+
+
+def integer_cdf_table(weights: np.ndarray, used: np.ndarray, precision: int = PRECISION) -> np.ndarray:
+    """Quantized CDFs ``(..., K+1)`` from non-negative integer weights ``(..., K)``, integers only.
+
+    Every used symbol (``used``, broadcast to ``weights``) gets a frequency of
+    at least 1, the rest of ``2**precision`` is shared in proportion to
+    ``weights`` (floor), and the rounding remainder goes to the heaviest
+    symbol (the first one on ties); unused entries get 0, so the CDF repeats
+    its total there. Exact on every platform, unlike a float normalization.
+    """
+    total = 1 << precision
+    used = np.broadcast_to(used, weights.shape)
+    w = np.where(used, np.maximum(weights, 0), 0).astype(np.int64, copy=False)
+    s = w.sum(-1, keepdims=True)
+    if (s == 0).any():
+        # A row of zero weights (impossible with a base table, but be safe) becomes uniform.
+        w = np.where(used & (s == 0), 1, w)
+        s = w.sum(-1, keepdims=True)
+    k = used.sum(-1, keepdims=True)
+    freq = (w * (total - k)) // s + used
+    K = w.shape[-1]
+    flat = freq.reshape(-1, K)
+    rows = np.arange(len(flat))
+    flat[rows, w.reshape(-1, K).argmax(1)] += total - flat.sum(1)
+    cdf = np.zeros(freq.shape[:-1] + (K + 1,), dtype=np.int32)
+    np.cumsum(flat.reshape(freq.shape), -1, out=cdf[..., 1:])
+    return cdf
 
 
 def table_bits(counts: Tensor, cdf: Tensor, precision: int = PRECISION) -> Tensor:
@@ -238,6 +269,30 @@ def pmf_tables(p_hat: Tensor, lo: Tensor, length: Tensor, num_bins: int) -> Tupl
     pmf = p_hat.double().gather(2, idx)
     cdf = quantized_cdf_table(pmf, length.view(1, -1).expand(p_hat.shape[0], -1))
     return cdf.cpu(), (length + 2).int().cpu(), lo.int().cpu()
+
+
+def weight_tables(weights: np.ndarray, lo: Tensor, length: Tensor, num_bins: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Integer CDF tables ``(n, C, L+2)``, lengths ``(C,)``, offsets ``(C,)`` from integer bin weights, integers only.
+
+    ``weights`` ``(n, C, B)`` are non-negative integers over the ``B`` bins (bin ``b`` holds
+    symbol ``b - B/2``): the integer softmax of p̂ (:mod:`encdist.codec.fixed_point`) or an
+    image's exact counts (ideal mode). As :func:`pmf_tables` does with floats, channel ``c``
+    codes symbols ``lo[c] … lo[c]+length[c]-1`` and one tail (escape) symbol that receives
+    the weight outside them; :func:`integer_cdf_table` shares ``2**PRECISION`` among them
+    with floor divisions, so the tables are the same on every platform.
+    """
+    w = np.maximum(np.asarray(weights, dtype=np.int64), 0)
+    n, C, B = w.shape
+    lo_, len_ = lo.long().numpy(), length.long().numpy()
+    L = int(len_.max())
+    k = np.arange(L + 1)[None, :]
+    bins = np.clip(lo_[:, None] + num_bins // 2 + k, 0, B - 1)  # (C, L+1)
+    inside = k < len_[:, None]
+    ext = np.where(inside[None], np.take_along_axis(w, np.broadcast_to(bins, (n, C, L + 1)), 2), 0)
+    tail = w.sum(-1) - ext.sum(-1)  # (n, C): the weight outside the support
+    ext = np.where((k == len_[:, None])[None], tail[..., None], ext)
+    cdf = integer_cdf_table(ext, k <= len_[:, None])
+    return torch.from_numpy(cdf), torch.from_numpy((len_ + 2).astype(np.int32)), torch.from_numpy(lo_.astype(np.int32))
 
 
 def channel_bits(symbols: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor, chunk: int = 16) -> Tensor:

@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck
 from torch import Tensor
 
-from encdist.codec.coding import entropy_bottleneck_decompress
+from encdist.codec.coding import decode_with_indexes, entropy_bottleneck_decompress
+from encdist.codec.fixed_point import ACT_BITS, FixedPointNet, integer_softmax_weights, to_fixed
 from encdist.registry import register_module
 
 __all__ = ["ChannelShuffle", "PdfModel", "default_pdf_sizes"]
@@ -208,11 +210,38 @@ class PdfModel(nn.Module):
                 q.requires_grad_(True)
         return best
 
-    def decompress(self, strings: list[bytes], shape=None) -> Tensor:
-        """Rebuild ``p̂`` from side strings, one image at a time.
+    #: Side symbols are clipped to this magnitude before the integer synthesis (an escape may
+    #: decode to any 32-bit value; encoder and decoder clip alike), keeping its inputs bounded.
+    INTEGER_SYMBOL_LIMIT = 1 << 14
 
-        Decoding images one by one makes ``p̂`` independent of how images are
-        batched, so encoder and decoder derive bit-identical tables.
+    def integer_weights(self, strings: list[bytes], shape=None) -> np.ndarray:
+        """``p̂`` of each side string as integer softmax weights ``(n, C, B)``, integers only.
+
+        The decoder's path (and the encoder's, which decodes its own side string): the side
+        symbols are decoded with the side bottleneck's stored tables, ``g_s`` runs in fixed
+        point and the softmax by table (:mod:`encdist.codec.fixed_point`), so the tables
+        built from the result are the same on every platform and device. ``p̂`` in float
+        (:meth:`synthesize`) is what training optimizes; the integer path follows it to
+        within the rounding of 16 fractional bits.
+        """
+        shape = tuple(shape) if shape is not None else (self.latent_length,)
+        eb = self.entropy_bottleneck
+        if eb._offset.numel() == 0:
+            raise RuntimeError("side entropy bottleneck not updated: call model.update() first")
+        indexes = torch.arange(eb.channels).view(-1, *([1] * len(shape))).expand(-1, *shape)
+        tables = (eb._quantized_cdf.cpu(), eb._cdf_length.cpu(), eb._offset.cpu())
+        symbols = np.stack([decode_with_indexes(s, indexes, *tables, "pdf stream").numpy() for s in strings])
+        lim = self.INTEGER_SYMBOL_LIMIT
+        v = np.clip(symbols, -lim, lim) << ACT_BITS
+        v = v + to_fixed(self._side_medians().cpu(), ACT_BITS)
+        return integer_softmax_weights(FixedPointNet.from_sequential(self.g_s)(v))
+
+    def decompress(self, strings: list[bytes], shape=None) -> Tensor:
+        """``p̂`` of side strings in float, one image at a time: the training-time view of p̂.
+
+        The coder never builds tables from it (a float network's output depends on the
+        platform): it uses :meth:`integer_weights`. This is for analysis, and for
+        measuring what the integer path costs against it.
         """
         shape = tuple(shape) if shape is not None else (self.latent_length,)
         eb = self.entropy_bottleneck

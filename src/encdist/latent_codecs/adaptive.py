@@ -78,6 +78,7 @@ from encdist.codec.coding import (
     pmf_tables,
     static_tables,
     table_support,
+    weight_tables,
 )
 from encdist.errors import BitstreamError
 from encdist.codec.histogram import bound_ste, hard_histogram, histogram, interp_log_pmf
@@ -179,7 +180,11 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         return pmf[:, 0, :].clamp_min(1e-9)
 
     def adaptive_tables(self, p_hat: Tensor):
-        """Integer CDF tables ``(n, C, L+2)``, lengths ``(C,)`` and offsets ``(C,)`` from ``p̂``."""
+        """Integer CDF tables ``(n, C, L+2)``, lengths ``(C,)`` and offsets ``(C,)`` from a float ``p̂``.
+
+        For analysis (what p̂ in float would cost); the coder builds its tables with
+        :meth:`side_tables`, integers only.
+        """
         return pmf_tables(p_hat, *table_support(self.entropy_bottleneck, self.num_bins), self.num_bins)
 
     def fingerprint(self, ideal: bool) -> int:
@@ -270,13 +275,20 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         out = self.pdf_model.compress(p.unsqueeze(0), num_samples, o.refine_steps, o.refine_lr, static_bits)
         return out["strings"][0]
 
-    def _unpack_side(self, payload: bytes, ideal: bool) -> Tensor:
-        """``p̂`` of one image, ``(1, C, B)``, from its side payload."""
-        if not ideal:
-            return self.pdf_model.decompress([payload])
-        counts = torch.from_numpy(bs.unpack_counts(payload, self.channels, self.num_bins).copy()).double().clamp_min(0)
-        counts = counts.view(1, self.channels, self.num_bins)
-        return counts / counts.sum(-1, keepdim=True).clamp_min(1)
+    def side_tables(self, payload: bytes, ideal: bool):
+        """Integer CDF tables ``(cdf (C, L+2), lengths (C,), offsets (C,))`` of one image's side payload.
+
+        Integers only (the contract that makes a file decode anywhere): p̂ through the
+        distribution codec's integer synthesis (:meth:`PdfModel.integer_weights`), or the
+        exact counts in ideal mode, shared out by :func:`~encdist.codec.coding.weight_tables`.
+        Encoder and decoder both call this on the payload, so they build the same tables.
+        """
+        if ideal:
+            weights = bs.unpack_counts(payload, self.channels, self.num_bins)[None].astype(np.int64)
+        else:
+            weights = self.pdf_model.integer_weights([payload])
+        cdf, lengths, offsets = weight_tables(weights, *table_support(self.entropy_bottleneck, self.num_bins), self.num_bins)
+        return cdf[0], lengths, offsets
 
     # ------------------------------------------------------------------ compress
     #: Channels processed at once where a whole-latent temporary would be large (same results).
@@ -309,9 +321,10 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         symbols = self._symbols(y).cpu()
         static = static_tables(self.entropy_bottleneck)
         if not o.adaptive:
-            indexes = self._indexes(shape)
+            # The static bottleneck's own bytes (CompressAI's), behind a header whose checksum covers them.
+            indexes, seed = self._indexes(shape), self.fingerprint(False)
             y_strings = [encode_with_indexes(symbols[i], indexes, *static) for i in range(len(y))]
-            pdf_strings = [b"" for _ in y_strings]
+            pdf_strings = [bs.write_side(seed, MODE_STATIC, b"", symbols[i], len(s)) for i, s in enumerate(y_strings)]
         else:
             p = self._hard_histogram(y.detach()) if o.use_pdf else None
             seed = self.fingerprint(o.ideal)
@@ -333,9 +346,8 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         if p is not None:
             refine_ref = s_bits.float().unsqueeze(0) if s_bits is not None and o.refine_steps else None
             payload = self._pack_side(o, p, sym.shape[-2] * sym.shape[-1], refine_ref)
-            # The decoder's p̂ comes from the decoded payload: derive it the same way here.
-            a_cdf, a_len, a_off = self.adaptive_tables(self._unpack_side(payload, o.ideal))
-            adaptive = (a_cdf[0], a_len, a_off)
+            # The decoder's tables come from the decoded payload: derive them the same way here.
+            adaptive = self.side_tables(payload, o.ideal)
         families = []
         if o.backward:
             families.append(self._backward_family(sym, adaptive, static))
@@ -371,7 +383,7 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
                    options: CodingOptions | str | None = None, **kwargs) -> Dict[str, Any]:
         """``{"y_hat"}`` from ``strings`` and ``shape``; malformed input raises :class:`BitstreamError`.
 
-        Only ``options.adaptive`` and ``options.ideal`` matter here: the rest is in the mode byte.
+        Only ``options.ideal`` matters here: the rest, the static baseline included, is in the mode byte.
         """
         o = resolve_options(options, self.options)
         y_strings, pdf_strings = bs.check_strings(strings, 2)
@@ -380,10 +392,8 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         device = self.entropy_bottleneck.quantiles.device
         out = []
         for y_string, pdf_string in zip(y_strings, pdf_strings):
-            if not o.adaptive:
-                out.append(decode_with_indexes(y_string, self._indexes(shape), *static, "y stream", torch.int32))
-            else:
-                out.append(self._decompress_one(o, y_string, pdf_string, shape, static))
+            # The mode byte says how to decode (a static stream is MODE_STATIC): options only set ``ideal``.
+            out.append(self._decompress_one(o, y_string, pdf_string, shape, static))
         symbols = out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
         y_hat = symbols.to(device=device, dtype=self.entropy_bottleneck.quantiles.dtype)
         del symbols, out
@@ -399,10 +409,9 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             if side.mask is not None:
                 use = bs.unpack_mask(side.mask, self.channels)
             try:
-                a_cdf, a_len, a_off = self.adaptive_tables(self._unpack_side(side.pdf, o.ideal))
+                adaptive = self.side_tables(side.pdf, o.ideal)
             except BitstreamError as e:
                 raise BitstreamError(f"{bs.MISMATCH} ({e})") from None
-            adaptive = (a_cdf[0], a_len, a_off)
         if side.backward:
             starts = [(static[0].numpy(), static[2].numpy())] + ([] if adaptive is None else [(adaptive[0].numpy(), adaptive[2].numpy())])
             lo, length = (t.numpy() for t in table_support(self.entropy_bottleneck, self.num_bins))

@@ -35,7 +35,9 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, Mapping
 
 import torch
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperprior
+from compressai.models.base import get_scale_table
 from torch import Tensor
 
 from encdist.codec.coding import gaussian_conditional_decompress
@@ -76,17 +78,34 @@ class AdaptiveModelMixin:
         return self.adaptive_codec.entropy_bottleneck
 
     def update(self, scale_table=None, force: bool = False, update_quantiles: bool = False) -> bool:
-        """CompressAI's ``update``; also refits the side bottleneck's quantiles by bisection.
+        """Builds the entropy-coding tables a model lacks; ``force`` rebuilds those of trainable modules.
 
-        The distribution codec trains for far fewer steps than its quantiles
-        need to converge under the aux loss; refitting them (from its own,
-        trained density) keeps the side stream's tables tight. The static
-        bottleneck's quantiles are left as pretrained unless ``update_quantiles``.
+        The integer tables are weights (CompressAI keeps them as buffers, the file format
+        hashes them into the model's fingerprint): computed once, from float arithmetic,
+        by whoever trains the module, then used as stored. So a decoder calls
+        ``update()`` and rebuilds nothing, and a frozen module (the pretrained static
+        bottleneck of a distribution-codec run, a ``GaussianConditional``) keeps the
+        tables it was loaded with even under ``force``: every model trained on the same
+        frozen transforms codes the static baseline with the same integers. A rebuilt side
+        bottleneck also refits its quantiles by bisection (the distribution codec trains for
+        far fewer steps than its quantiles need to converge under the aux loss); another
+        bottleneck's quantiles only with ``update_quantiles``.
         """
+        if scale_table is None:
+            scale_table = get_scale_table()
         side = self.adaptive_codec.pdf_model.entropy_bottleneck
-        if force or side._offset.numel() == 0:
-            side.update(force=True, update_quantiles=True)
-        return super().update(scale_table=scale_table, force=force, update_quantiles=update_quantiles)
+        updated = False
+        for module in self.modules():
+            if not isinstance(module, (EntropyBottleneck, GaussianConditional)):
+                continue
+            trainable = any(p.requires_grad for p in module.parameters())
+            if module._offset.numel() and not (force and trainable):
+                continue
+            if isinstance(module, EntropyBottleneck):
+                updated |= module.update(force=True, update_quantiles=update_quantiles or module is side)
+            else:
+                updated |= module.update_scale_table(scale_table, force=True)
+        return updated
 
     # ---------------------------------------------------------------- state dicts
     @staticmethod
