@@ -76,8 +76,7 @@ def real_model(**options):
     model = FactorizedPriorPdf(128, 192, **options)
     model.g_a.load_state_dict(_transforms().g_a.state_dict())
     model.g_s.load_state_dict(_transforms().g_s.state_dict())
-    codec = real_codec(**options)
-    model.adaptive_codec.load_state_dict(codec.state_dict())
+    model.adaptive_codec = real_codec(**options)
     return model.eval()
 
 
