@@ -104,8 +104,10 @@ def to_fixed(t: torch.Tensor, frac_bits: int) -> np.ndarray:
     float32 from a float64 or float16 copy of them), then widened to float64, where the
     power-of-two scaling and the rounding are exact.
     """
-    a = t.detach().to("cpu", torch.float32).to(torch.float64).numpy()
-    return np.rint(np.ldexp(a, frac_bits)).astype(np.int64)
+    a = np.rint(np.ldexp(t.detach().to("cpu", torch.float32).to(torch.float64).numpy(), frac_bits))
+    if not np.all(np.abs(a) < _ACC_LIMIT):
+        raise ValueError(f"integer synthesis: a value of {float(np.abs(t).max()):g} at 2**{frac_bits} could overflow 64-bit integers")
+    return a.astype(np.int64)
 
 
 def _round_shift(acc: np.ndarray, bits: int) -> np.ndarray:
