@@ -106,7 +106,7 @@ def to_fixed(t: torch.Tensor, frac_bits: int) -> np.ndarray:
     """
     a = np.rint(np.ldexp(t.detach().to("cpu", torch.float32).to(torch.float64).numpy(), frac_bits))
     if not np.all(np.abs(a) < _ACC_LIMIT):
-        raise ValueError(f"integer synthesis: a value of {float(np.abs(t).max()):g} at 2**{frac_bits} could overflow 64-bit integers")
+        raise ValueError(f"integer synthesis: a value of {float(t.detach().abs().max()):g} at 2**{frac_bits} could overflow 64-bit integers")
     return a.astype(np.int64)
 
 
