@@ -263,12 +263,37 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         return lik
 
     # ------------------------------------------------------------------ side payload
-    def _pack_side(self, o: CodingOptions, p: Tensor, num_samples: int, static_bits: Tensor | None = None) -> bytes:
-        """Side payload of one image: its compressed distribution (or raw counts in ideal mode)."""
+    def _pack_side(self, o: CodingOptions, p: Tensor, sym: Tensor, static_bits: Tensor | None = None) -> bytes:
+        """Side payload of one image (symbols ``sym``): its compressed distribution (or raw counts in ideal mode)."""
+        num_samples = sym.shape[-2] * sym.shape[-1]
         if o.ideal:
             return bs.pack_counts((p * num_samples).round().to(torch.int32).cpu().numpy())
-        out = self.pdf_model.compress(p.unsqueeze(0), num_samples, o.refine_steps, o.refine_lr, static_bits)
+        y_bits = None
+        if o.refine_steps and o.backward:
+            y_bits, static_bits = self._backward_refinement_cost(sym, static_bits is not None)
+        out = self.pdf_model.compress(p.unsqueeze(0), num_samples, o.refine_steps, o.refine_lr, static_bits, y_bits)
         return out["strings"][0]
+
+    def _backward_refinement_cost(self, sym: Tensor, fallback: bool):
+        """``(y_bits, static_bits)`` the refinement minimizes when the tables adapt backward.
+
+        ``y_bits(p̂)``: each channel's bits under the adapted tables started from ``p̂``
+        (:meth:`BackwardAdaptation.likelihoods`, the differentiable model of the integer
+        tables); ``static_bits``: the same started from the static table, the per-channel
+        alternative of the fallback (``None`` without it), costed by the same model so that
+        the two compare like with like.
+        """
+        support = table_support(self.entropy_bottleneck, self.num_bins)
+        symbols = sym.unsqueeze(0)
+
+        def y_bits(*priors: Tensor) -> Tensor:
+            (q,) = self.adaptation.likelihoods(symbols, priors, *support)
+            return -torch.log2(q).flatten(2).sum(-1)
+
+        if not fallback:
+            return y_bits, None
+        with torch.no_grad():
+            return y_bits, y_bits(self.static_pmf().unsqueeze(0))
 
     def _unpack_side(self, payload: bytes, ideal: bool) -> Tensor:
         """``p̂`` of one image, ``(1, C, B)``, from its side payload."""
@@ -327,12 +352,13 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
     def _compress_one(self, o: CodingOptions, sym: Tensor, p: Tensor | None, static):
         """``(mode, y string, payload)`` of one image's symbols ``(C, h, w)``."""
         indexes = self._indexes(sym.shape[-2:])
-        # Per-channel bits under the static tables: what the refinement and the fallback compare against.
+        # Per-channel bits under the static tables: what the fallback compares against (and the refinement,
+        # with fixed tables; with backward adaptation, _pack_side costs the adapted tables instead).
         s_bits = channel_bits(sym, *static) if o.fallback else None
         adaptive = payload = None
         if p is not None:
             refine_ref = s_bits.float().unsqueeze(0) if s_bits is not None and o.refine_steps else None
-            payload = self._pack_side(o, p, sym.shape[-2] * sym.shape[-1], refine_ref)
+            payload = self._pack_side(o, p, sym, refine_ref)
             # The decoder's p̂ comes from the decoded payload: derive it the same way here.
             a_cdf, a_len, a_off = self.adaptive_tables(self._unpack_side(payload, o.ideal))
             adaptive = (a_cdf[0], a_len, a_off)
