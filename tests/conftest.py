@@ -36,6 +36,9 @@ TINY: List[str] = [
 TINY_BASE: List[str] = TINY + ["~dataset@dataset.infer", "runner.refit_bottleneck.steps=2"]  # no infer pass needed
 
 LOADERS = ("train", "valid", "infer")
+#: The rates each loader logs: the criterion's estimates under CompressAI-Trainer's ``*_loss`` names
+#: in training and validation, the bytes written on the infer pass.
+RATES = {"train": ("bpp_y_loss", "bpp_pdf_loss"), "valid": ("bpp_y_loss", "bpp_pdf_loss"), "infer": ("bpp_y", "bpp_pdf")}
 MODEL_NAME = "bmshj2018-factorized-pdf"
 
 

@@ -115,7 +115,7 @@ def _history(run_root: Path) -> List[dict]:
         for line in path.read_text().splitlines():
             r = json.loads(line)
             rows.append({"epoch": r["epoch"], "train_steps": r["train_steps"],
-                         "valid_psnr": r.get("valid/psnr"), "valid_bpp": r.get("valid/bpp")})
+                         "valid_psnr": r.get("valid/psnr"), "valid_bpp_loss": r.get("valid/bpp_loss")})
     return rows
 
 
