@@ -158,3 +158,23 @@ def test_refinement_on_the_device(real, record_property):
         assert torch.equal(dec["y_hat"], enc["y_hat"]), mode
         sizes[mode] = _nbytes(enc["strings"])
     record_property("refined_bytes", sizes)
+
+
+def test_channel_bits_is_the_likelihoods_summed(real):
+    """The refinement's per-channel cost is the training model's, summed per channel (value and gradient)."""
+    from encdist.codec.coding import table_support
+
+    codec = real.codec
+    sym = codec._symbols(real.y)
+    support = table_support(codec.entropy_bottleneck, codec.num_bins)
+    p_hat = codec.pdf_model.synthesize(codec.pdf_model.g_a(codec._hard_histogram(real.y))).detach()
+    a = p_hat.clone().requires_grad_(True)
+    b = p_hat.clone().requires_grad_(True)
+    (q,) = codec.adaptation.likelihoods(sym, [a], *support)
+    per_symbol = -torch.log2(q).flatten(2).sum(-1)
+    grouped = codec.adaptation.channel_bits(sym, codec.num_bins, *support, device=b.device)(b)
+    assert grouped.shape == (1, codec.channels)
+    assert torch.allclose(grouped, per_symbol, rtol=1e-4, atol=1e-2)
+    per_symbol.sum().backward()
+    grouped.sum().backward()
+    assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-3)

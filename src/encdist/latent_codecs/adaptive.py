@@ -278,18 +278,14 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         """``(y_bits, static_bits)`` the refinement minimizes when the tables adapt backward.
 
         ``y_bits(p̂)``: each channel's bits under the adapted tables started from ``p̂``
-        (:meth:`BackwardAdaptation.likelihoods`, the differentiable model of the integer
-        tables); ``static_bits``: the same started from the static table, the per-channel
-        alternative of the fallback (``None`` without it), costed by the same model so that
-        the two compare like with like.
+        (:meth:`BackwardAdaptation.channel_bits`, the differentiable model of the integer
+        tables that training uses); ``static_bits``: the same started from the static table,
+        the per-channel alternative of the fallback (``None`` without it), costed by the same
+        model so that the two compare like with like.
         """
+        device = self.entropy_bottleneck.quantiles.device
         support = table_support(self.entropy_bottleneck, self.num_bins)
-        symbols = sym.unsqueeze(0)
-
-        def y_bits(*priors: Tensor) -> Tensor:
-            (q,) = self.adaptation.likelihoods(symbols, priors, *support)
-            return -torch.log2(q).flatten(2).sum(-1)
-
+        y_bits = self.adaptation.channel_bits(sym.unsqueeze(0), self.num_bins, *support, device=device)
         if not fallback:
             return y_bits, None
         with torch.no_grad():
