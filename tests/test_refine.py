@@ -22,6 +22,7 @@ import torch
 
 import encdist  # noqa: F401  (registers the models)
 from compressai.registry import MODELS
+from conftest import fit_pdf_model
 from encdist.latent_codecs import CODING_MODES
 from encdist.training.pretrained import load_pretrained_into
 
@@ -50,19 +51,7 @@ def real():
              _crop(data.astronaut(), bottom, right)]
     with torch.no_grad():
         pool = torch.cat([codec.target_distribution(model.g_a(x)) for x in train])
-    params = [q for k, q in pm.named_parameters() if not k.endswith("quantiles")]
-    opt = torch.optim.Adam(params, lr=1e-2)
-    aux = torch.optim.Adam([pm.entropy_bottleneck.quantiles], lr=0.5)
-    pm.train()
-    for _ in range(60):
-        out = pm(pool)
-        bits = -(pool * torch.log2(out["p_hat"].clamp_min(1e-9))).sum() * 256 - torch.log2(out["likelihoods"]).sum()
-        opt.zero_grad()
-        (bits / (len(pool) * 256 * 256)).backward()
-        opt.step()
-        aux.zero_grad()
-        pm.entropy_bottleneck.loss().backward()
-        aux.step()
+    fit_pdf_model(pm, pool, 16 * 16)  # the crops' latents: 16x16 positions
     model.eval()
     model.update(force=True)
     with torch.no_grad():
