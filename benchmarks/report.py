@@ -240,20 +240,25 @@ def _md_evidence(r: Dict[str, Any]) -> List[str]:
     ev = [p["evidence"] for p in pts]
     qs = "".join(f" q{p['quality']} |" for p in pts)
     sep = "|---|" + "---|" * len(pts)
-    L = ["### Evidence: what the rate the codecs train for is, and what bounds the targets", ""]
-    L.append("**Training rate against real bytes.** `bpp_y` as the criterion logs it (the codec's `forward` in the coder it "
+    L = ["### Evidence: what the rate the codecs train for is, and what limits the targets", ""]
+    L.append("**Training rate against real bytes.** `bpp_y_loss` as the criterion logs it (the codec's `forward` in the coder it "
              "deploys) against the y bytes `compress` writes, all images of a split, relative error:")
     L += ["", "| objective, split |" + qs, sep]
     for obj, split in (("adaptive", "valid"), ("adaptive", "test"), ("paper", "valid"), ("paper", "test")):
         L.append(f"| {obj}, {split} |" + "".join(f" {e['training_rate'][obj][split]['rel_error_pct']:+.2f} % |" for e in ev))
     L.append("")
-    L.append("**What any p̂ can add inside the adaptive coder.** Exact bits (integer tables) of the backward-adapted y stream on "
-             "the test split, started from each image's *exact* histogram (a perfect p̂ at zero side cost), from the trained p̂, "
+    L.append("**An oracle start inside the adaptive coder.** Exact bits (integer tables) of the backward-adapted y stream on "
+             "the test split, started from an oracle start (each image's exact histogram, free), from the trained p̂, "
              "and per channel the better of either and the static start; rate against the static start ((c) without the fallback):")
     L += ["", "| start of the adapted tables |" + qs, sep]
-    for k, label in (("exact_histogram", "exact histogram (bound, free)"), ("exact_or_static", "exact histogram or static, per channel"),
+    for k, label in (("exact_histogram", "oracle start (the image's exact histogram, free)"),
+                     ("exact_or_static", "oracle start or static, per channel"),
                      ("p_hat", "trained p̂ (side bits not counted)"), ("p_hat_or_static", "trained p̂ or static, per channel")):
-        L.append(f"| {label} |" + "".join(f" {-e['prior_bound']['pct_below_static_start'][k]:+.2f} % |" for e in ev))
+        L.append(f"| {label} |" + "".join(f" {-e['oracle_start']['pct_below_static_start'][k]:+.2f} % |" for e in ev))
+    L.append("")
+    L.append("The oracle start is not an upper bound on what p̂ can add: the adapted tables mix the start with decayed counts, "
+             "and the best start for that update is not the image's histogram (a flatter start, histogram^0.85, beat it on 20 "
+             "of 20 non-stationary test channels by 0.15–0.37 % of their y bits in a replica of the coder's table update).")
     L.append("")
     L.append("**The paper's codec on the photographs it was trained on and on the test split** (estimated bits: cross-entropy "
              "under p̂ plus the side latent's bits, against the static tables and the exact histogram):")

@@ -226,12 +226,14 @@ class BaseRunner(dl.Runner):
         return self.model(x)
 
     def _rates(self, out: Dict[str, torch.Tensor]) -> Dict[str, float]:
-        """Criterion outputs plus ``bpp``/``bpp_y``/``bpp_pdf`` aliases of the estimated rates."""
-        values = {k: float(v) for k, v in out.items()}
-        for k in ("bpp", "bpp_y", "bpp_pdf"):
-            if f"{k}_loss" in values:
-                values[k] = values[f"{k}_loss"]
-        return values
+        """The criterion's outputs as floats, under the criterion's own names.
+
+        Rates estimated from likelihoods keep CompressAI-Trainer's ``*_loss`` names
+        (``bpp_loss``, ``bpp_y_loss``, ``bpp_pdf_loss``); ``bpp``, ``bpp_y`` and
+        ``bpp_pdf`` are the bytes the infer loader writes, so in Aim and in
+        ``infer.json`` an estimate is never taken for a real rate.
+        """
+        return {k: float(v) for k, v in out.items()}
 
     def _train_step(self, x) -> None:
         self._optimize(self.criterion(self._forward(x, training=True), x))
@@ -302,7 +304,7 @@ class BaseRunner(dl.Runner):
             for mode in modes[1:]:
                 row.update({f"{k}_{mode}": v for k, v in res[mode].items() if k.startswith(("bpp", "psnr"))})
             if hasattr(model, "adaptive_codec"):
-                row["bpp_y_trained"] = self._trained_rate(x[i : i + 1])
+                row["bpp_y_loss"] = self._trained_rate(x[i : i + 1])
             row["index"] = len(self.infer_rows)
             self.infer_rows.append(row)
             self._update_meters({k: v for k, v in row.items() if k != "index"})
@@ -310,11 +312,11 @@ class BaseRunner(dl.Runner):
             self._log_infer_figures(x[:1])
 
     def _trained_rate(self, x) -> float:
-        """The latent rate the training objective gives this image (what ``bpp_y`` logs), next to the real one.
+        """The latent rate the training objective gives this image (``bpp_y_loss``), next to the real one.
 
-        ``bpp_y`` of the infer rows counts the bytes ``compress`` wrote; this is the
-        criterion's estimate for the same padded image, so every run shows how far the
-        rate it trained for is from the rate it codes at.
+        ``bpp_y`` of the infer rows counts the bytes ``compress`` wrote; ``bpp_y_loss``
+        is the criterion's estimate for the same padded image (per pixel of the image),
+        so every run shows how far the rate it trained for is from the rate it codes at.
         """
         x_pad, _ = pad_to_multiple(x, self.pad_multiple)
         bpp = split_bpp(self.raw_model(x_pad, with_x_hat=False)["likelihoods"], x.shape[-2] * x.shape[-1])

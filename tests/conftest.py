@@ -8,6 +8,8 @@
 * :func:`train_inprocess`: the same command line through ``encdist.cli.train.main`` in this
   process (for the fast config-error tests); returns ``(exit code, stdout, stderr)``.
 * :func:`aim_series`: ``(steps, values)`` of an epoch metric of one loader read back with ``aim.Repo``.
+* ``RATES``: the rates each loader logs (estimates ``*_loss`` in train / valid, real bytes on infer).
+* :func:`fit_pdf_model`: a few dozen Adam steps of a distribution codec on histograms (realistic rates).
 """
 
 from __future__ import annotations
@@ -36,7 +38,36 @@ TINY: List[str] = [
 TINY_BASE: List[str] = TINY + ["~dataset@dataset.infer", "runner.refit_bottleneck.steps=2"]  # no infer pass needed
 
 LOADERS = ("train", "valid", "infer")
+#: The rates each loader logs: the criterion's estimates under CompressAI-Trainer's ``*_loss`` names
+#: in training and validation, the bytes written on the infer pass.
+RATES = {"train": ("bpp_y_loss", "bpp_pdf_loss"), "valid": ("bpp_y_loss", "bpp_pdf_loss"), "infer": ("bpp_y", "bpp_pdf")}
 MODEL_NAME = "bmshj2018-factorized-pdf"
+
+
+def fit_pdf_model(pm, pool, num_samples: int, steps: int = 60, batch: int | None = None, generator=None) -> None:
+    """Fit a distribution codec for ``steps`` Adam steps on histograms ``pool`` (``(k, C, B)``).
+
+    The paper's objective (cross-entropy of ``num_samples`` latent positions under p̂ plus the
+    side bits), on the whole pool or on random ``batch``es of it; the side bottleneck's
+    quantiles on the aux loss. Leaves ``pm`` in training mode: the caller updates its tables.
+    """
+    import torch
+
+    params = [q for k, q in pm.named_parameters() if not k.endswith("quantiles")]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    aux = torch.optim.Adam([pm.entropy_bottleneck.quantiles], lr=0.5)
+    pm.train()
+    for _ in range(steps):
+        p = pool if batch is None else pool[torch.randint(len(pool), (batch,), generator=generator)]
+        out = pm(p)
+        bits = -(p * torch.log2(out["p_hat"].clamp_min(1e-9))).sum() * num_samples
+        bits = bits - torch.log2(out["likelihoods"]).sum()
+        opt.zero_grad()
+        (bits / (len(p) * num_samples * 256)).backward()
+        opt.step()
+        aux.zero_grad()
+        pm.entropy_bottleneck.loss().backward()
+        aux.step()
 
 
 def base_overrides_arg(overrides: Sequence[str]) -> str:

@@ -32,6 +32,7 @@ from encdist.latent_codecs import (
 from encdist.codec.bitstream import pack_mask, unpack_mask
 from encdist.codec.coding import mixed_tables
 from encdist.training.losses import AdaptiveRateDistortionLoss
+from conftest import fit_pdf_model
 
 MODEL_NAMES = ["bmshj2018-factorized-pdf", "bmshj2018-hyperprior-pdf", "mbt2018-mean-pdf"]
 STOCK = {
@@ -226,22 +227,7 @@ def fitted():
         q[:, 0, 0], q[:, 0, 1], q[:, 0, 2] = medians - 90, medians, medians + 90
     with torch.no_grad():
         pool = torch.cat([codec.target_distribution(laplacian_latents(8, g, base_scale, medians)) for _ in range(4)])
-    pm = codec.pdf_model
-    params = [p for k, p in pm.named_parameters() if not k.endswith("quantiles")]
-    opt = torch.optim.Adam(params, lr=1e-2)
-    aux = torch.optim.Adam([pm.entropy_bottleneck.quantiles], lr=0.5)
-    pm.train()
-    for _ in range(60):
-        p = pool[torch.randint(len(pool), (8,), generator=g)]
-        out = pm(p)
-        bits = -(p * torch.log2(out["p_hat"].clamp_min(1e-9))).sum() * H_REAL * W_REAL
-        bits = bits - torch.log2(out["likelihoods"]).sum()
-        opt.zero_grad()
-        (bits / (8 * H_REAL * W_REAL * 256)).backward()
-        opt.step()
-        aux.zero_grad()
-        pm.entropy_bottleneck.loss().backward()
-        aux.step()
+    fit_pdf_model(codec.pdf_model, pool, H_REAL * W_REAL, batch=8, generator=g)
     model.eval()
     model.update(force=True)
     y = laplacian_latents(2, torch.Generator().manual_seed(123), base_scale, medians)

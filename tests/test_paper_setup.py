@@ -36,7 +36,7 @@ import yaml
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import aim_series, run_dirs, train_cli
+from conftest import RATES, aim_series, run_dirs, train_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -442,7 +442,7 @@ def test_paper_setup_end_to_end_offline(tmp_path, monkeypatch, zoo_nets):
 
     aim_repo = root / "aim"
     for loader in ("train", "valid", "infer"):
-        for name in ("bpp_y", "bpp_pdf"):
+        for name in RATES[loader]:
             steps, values = aim_series(aim_repo, run.name, name, loader)
             assert steps == [1] and all(math.isfinite(v) for v in values), (name, loader)
     for name in ("bpp_y", "bpp_pdf"):

@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from conftest import (
+    RATES,
     TINY,
     TINY_M,
     aim_run_hashes,
@@ -213,7 +214,7 @@ def test_sigkill_leaves_a_complete_checkpoint_and_resume_continues(tmp_path, pre
     assert [p.name for p in run_dirs(root)] == [run_hash]
     assert aim_run_hashes(root / "aim") == [run_hash], "the same Aim run continues"
     for loader in ("train", "valid"):
-        for name in ("bpp_y", "bpp_pdf"):
+        for name in RATES[loader]:
             steps, values = aim_series(root / "aim", run_hash, name, loader)
             assert steps == list(range(1, epoch + 2)), (name, loader, steps)
 
@@ -287,7 +288,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch, capfd, p
     state = safe_load(run / "checkpoints" / "runner.last.pth")
     assert state["nonfinite_steps"] == 2
     assert _adam_steps(state) == {3}, "only the 3 finite steps reached the optimizer"
-    steps, values = aim_series(root / "aim", run.name, "bpp_y", "train")
+    steps, values = aim_series(root / "aim", run.name, "bpp_y_loss", "train")
     assert steps == [1] and all(v == v for v in values)
 
 
@@ -360,6 +361,6 @@ def test_two_runs_write_one_aim_repo_at_once(tmp_path, pretrained):
     for r in runs:
         assert repo.get_run(r.name)["hparams"]["env"]["aim"]["run_hash"] == r.name
         for loader in ("train", "valid"):
-            for name in ("bpp_y", "bpp_pdf", "loss"):
+            for name in RATES[loader] + ("loss",):
                 steps, values = aim_series(root / "aim", r.name, name, loader)
                 assert steps == [1] and all(math.isfinite(v) for v in values), (r.name, loader, name)

@@ -22,6 +22,7 @@ from aim_http import aim_up, http
 from conftest import (
     LOADERS,
     MODEL_NAME,
+    RATES,
     TINY,
     TINY_BASE,
     aim_run_hashes,
@@ -107,7 +108,7 @@ def test_results_json(trained):
     assert r["bpp_y_ideal"][0] <= 1.01 * r["bpp_y_static"][0] + 1e-3
     # the rate the training objective gives the same images, next to the bytes written (a few bytes
     # of coder flush apart: these tiny latents code to few bits)
-    assert r["bpp_y_trained"][0] == pytest.approx(r["bpp_y"][0], rel=0.05, abs=2e-3)
+    assert r["bpp_y_loss"][0] == pytest.approx(r["bpp_y"][0], rel=0.05, abs=2e-3)
 
     per_image = json.loads((trained.run / "results" / "infer_per_image.json").read_text())["results"]
     assert len(per_image["bpp"]) == 2
@@ -116,10 +117,11 @@ def test_results_json(trained):
     out = trained.proc.stdout
     for mode in ("adaptive", "static", "ideal"):
         assert any(line.startswith(mode) for line in out.splitlines()), mode
-    assert "training objective's bpp_y" in out
+    assert "training objective's bpp_y_loss" in out
 
 
-def test_aim_repo_holds_bpp_y_and_bpp_pdf_per_loader(trained):
+def test_aim_repo_holds_the_rates_per_loader(trained):
+    """Estimates (``*_loss``) and real bytes (``bpp``, ``bpp_y``, ``bpp_pdf``) under distinct names."""
     import aim
     from aim.storage.context import Context
 
@@ -127,13 +129,19 @@ def test_aim_repo_holds_bpp_y_and_bpp_pdf_per_loader(trained):
 
     assert aim_run_hashes(trained.aim) == [trained.hash]
     for loader in LOADERS:
-        for name in ("bpp_y", "bpp_pdf", "loss" if loader != "infer" else "psnr-rgb"):
+        for name in RATES[loader] + ("loss" if loader != "infer" else "psnr-rgb",):
             steps, values = aim_series(trained.aim, trained.hash, name, loader)
             assert steps == [1], (name, loader)
             assert all(math.isfinite(v) for v in values), (name, loader)
     r = load_results(trained.run / "results" / "infer.json")["results"]
-    for name in ("bpp_y", "bpp_pdf"):
+    for name in ("bpp", "bpp_y", "bpp_pdf", "bpp_y_loss"):
         assert aim_series(trained.aim, trained.hash, name, "infer")[1] == [pytest.approx(r[name][0])]
+    repo = aim.Repo(str(trained.aim))
+    logged = {(m.name, m.context.to_dict().get("loader")) for m in repo.get_run(trained.hash).metrics()}
+    for loader in ("train", "valid"):
+        assert ("bpp_loss", loader) in logged and ("bpp_y_loss", loader) in logged, loader
+        real = {name for name in ("bpp", "bpp_y", "bpp_pdf") if (name, loader) in logged}
+        assert not real, f"{loader} logs estimates under the real rates' names {sorted(real)}"
 
     run = aim.Repo(str(trained.aim)).get_run(trained.hash)
     assert run.experiment == "quickstart"
@@ -173,7 +181,7 @@ def test_resume_continues_the_same_run(trained, pretrained, tmp_path):
 
     assert aim_run_hashes(root / "aim") == [trained.hash], "one Aim run for the hash"
     for loader in LOADERS:
-        for name in ("bpp_y", "bpp_pdf"):
+        for name in RATES[loader]:
             steps, values = aim_series(root / "aim", trained.hash, name, loader)
             assert steps == [1, 2], (name, loader)
             first = aim_series(trained.aim, trained.hash, name, loader)[1]
@@ -202,7 +210,7 @@ def test_lambda_multirun_gives_one_run_per_lambda(tmp_path, pretrained):
     assert aim_run_hashes(root / "aim") == sorted(r.name for r in runs)
     for r in runs:
         for loader in LOADERS:
-            assert aim_series(root / "aim", r.name, "bpp_y", loader)[0] == [1]
+            assert aim_series(root / "aim", r.name, RATES[loader][0], loader)[0] == [1]
     assert (root / "multirun").is_dir()
     assert proc.stdout.count("[compressai-train] run ") == 2
 
@@ -218,12 +226,12 @@ def test_aim_up_serves_the_training_metrics(trained, tmp_path):
         assert info["params"]["hparams"]["model"]["name"] == MODEL_NAME
         listed = {(t["name"], t["context"].get("loader")) for t in info["traces"]["metric"]}
         for loader in LOADERS:
-            assert ("bpp_y", loader) in listed and ("bpp_pdf", loader) in listed, loader
+            assert all((name, loader) in listed for name in RATES[loader]), loader
 
         requested = [
             {"name": name, "context": {"loader": loader, "scope": "epoch"}}
-            for name in ("bpp_y", "bpp_pdf")
             for loader in LOADERS
+            for name in RATES[loader]
         ]
         status, traces = http("POST", f"{base}/runs/{trained.hash}/metric/get-batch/", requested, timeout=60)
         assert status == 200 and len(traces) == len(requested)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import List
 
 from encdist.errors import EncdistError
+from encdist.evaluation.files import decode_file, encode_image, file_coding, pack
 
 __all__ = ["main", "encode_image", "decode_file", "pack", "file_coding"]
 
@@ -37,60 +38,6 @@ def _model(run: str, device: str):
     model = model.to(device).eval()
     model.update()
     return model
-
-
-def file_coding(model, mode: str) -> str:
-    """The file's coding byte (:data:`encdist.codec.bitstream.FILE_CODING`) of a way of coding."""
-    from encdist.evaluation.evaluate import coding_options
-
-    options = coding_options(model, mode).get("options") or getattr(getattr(model, "adaptive_codec", None), "options", None)
-    if options is None or not options.adaptive:
-        return "static"
-    return "ideal" if options.ideal else "adaptive"
-
-
-def pack(model, strings, shape, image_size, mode: str) -> bytes:
-    """The file's bytes of one image's ``compress`` output (``shape``) coded in ``mode``."""
-    from encdist.codec import bitstream as bs
-
-    return bs.pack_file(strings, tuple(image_size), tuple(shape), bs.model_fingerprint(model), file_coding(model, mode))
-
-
-def encode_image(model, x, mode: str = "adaptive", pad_multiple: int = 64) -> bytes:
-    """The file's bytes for one image ``x`` ``(1, 3, H, W)`` in [0, 1]."""
-    import torch
-
-    from encdist.datasets import pad_to_multiple
-    from encdist.evaluation.evaluate import coding_options
-
-    x_pad, _ = pad_to_multiple(x, pad_multiple)
-    with torch.no_grad():
-        enc = model.compress(x_pad.to(next(model.parameters()).device), **coding_options(model, mode))
-    return pack(model, enc["strings"], enc["shape"], x.shape[-2:], mode)
-
-
-def decode_file(model, data: bytes, pad_multiple: int = 64):
-    """The decoded image ``(1, 3, H, W)`` of a file's bytes."""
-    import torch
-    from compressai.ops import compute_padding
-
-    from encdist.codec import bitstream as bs
-    from encdist.datasets import crop_padding
-    from encdist.errors import BitstreamError
-
-    strings, (H, W), shape, coding = bs.unpack_file(data, bs.model_fingerprint(model))
-    from encdist.latent_codecs import CODING_MODES, CodingOptions
-
-    kw = {}
-    if hasattr(model, "adaptive_codec"):  # the decoder needs to know static and ideal streams; the rest is in them
-        kw["options"] = {"adaptive": CodingOptions(), "static": CODING_MODES["static"], "ideal": CODING_MODES["ideal"]}[coding]
-    pad, _ = compute_padding(H, W, min_div=pad_multiple)
-    f = int(getattr(model, "downsampling_factor", 1))
-    if ((H + pad[2] + pad[3]) // f, (W + pad[0] + pad[1]) // f) != tuple(shape):
-        raise BitstreamError(f"file header: a {shape[0]}x{shape[1]} latent does not fit a {W}x{H} image")
-    with torch.no_grad():
-        x_hat = model.decompress(strings, shape, **kw)["x_hat"]
-    return crop_padding(x_hat, tuple(int(p) for p in pad)).clamp(0, 1).cpu()
 
 
 def main(argv: List[str] | None = None) -> int:

@@ -32,12 +32,12 @@ from typing import Any, Dict, Iterable, Iterator, List, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from encdist.errors import BitstreamError, CheckpointError, ConfigError, DatasetError, EncdistError
+from encdist.errors import CheckpointError, ConfigError, DatasetError, EncdistError
+from encdist.evaluation.files import decode_bitstream, read_bitstream, write_bitstream
 
 __all__ = ["main", "evaluate_runs", "load_run", "write_bitstream", "read_bitstream", "decode_bitstream"]
 
 PROG = "compressai-eval"
-
 
 
 def _find_checkpoint(path: Path) -> Path:
@@ -133,44 +133,6 @@ def iter_images(conf: DictConfig, dataset: str | None) -> Iterable[tuple[str, to
         item = loader.dataset[i]
         x = item[0] if isinstance(item, (tuple, list)) else item
         yield (names[i] if names else f"{i:03d}"), x.unsqueeze(0)
-
-
-# ------------------------------------------------------------------ bitstream files
-def write_bitstream(path: str | Path, model, strings, shape, image_size, mode: str) -> Path:
-    """Writes one image's ``compress`` output to ``path`` as an ``encdist-codec`` file, atomically.
-
-    The format is :mod:`encdist.codec.bitstream`'s file (magic, version, coding, the model's
-    fingerprint, the image size, the streams, a checksum): ``encdist-codec decode`` reads it.
-    The streams are exactly the bytes counted in ``bpp``.
-    """
-    from encdist.cli.codec import pack
-    from encdist.evaluation.results import write_atomic
-
-    return write_atomic(path, pack(model, strings, shape, image_size, mode))
-
-
-def read_bitstream(path: str | Path):
-    """``(strings, (H, W), latent shape, coding)`` of a saved file; :class:`BitstreamError` if malformed."""
-    from encdist.codec.bitstream import unpack_file
-
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise BitstreamError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        return unpack_file(data)
-    except BitstreamError as e:
-        raise BitstreamError(f"{path}: {e}") from None
-
-
-def decode_bitstream(model, path: str | Path) -> torch.Tensor:
-    """The image ``(1, 3, H, W)`` that ``model`` decodes from a saved file."""
-    from encdist.cli.codec import decode_file
-
-    try:
-        return decode_file(model, Path(path).read_bytes())
-    except BitstreamError as e:
-        raise BitstreamError(f"{path}: {e}") from None
 
 
 def _save_png(x: torch.Tensor, path: Path) -> None:

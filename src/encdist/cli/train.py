@@ -206,9 +206,9 @@ def print_summary(conf: DictConfig, run_hash: str, s: Dict[str, Any]) -> None:
         )
     if "bpp_static" in s and s["bpp_static"] > 0:
         lines.append(f"adaptive vs static: {100 * (s['bpp'] / s['bpp_static'] - 1):+.2f} % rate at equal PSNR")
-    if "bpp_y_trained" in s and s.get("bpp_y"):
-        lines.append(f"training objective's bpp_y {s['bpp_y_trained']:.4f}: "
-                     f"{100 * (s['bpp_y_trained'] / s['bpp_y'] - 1):+.2f} % from the bytes written")
+    if "bpp_y_loss" in s and s.get("bpp_y"):
+        lines.append(f"training objective's bpp_y_loss {s['bpp_y_loss']:.4f}: "
+                     f"{100 * (s['bpp_y_loss'] / s['bpp_y'] - 1):+.2f} % from the bytes written (bpp_y)")
     lines.append(f"results: {conf.paths.results}/infer.json   dashboard: aim up --repo {conf.env.aim.repo}")
     print("\n".join(lines), flush=True)
 

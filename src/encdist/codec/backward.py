@@ -271,10 +271,76 @@ class BackwardAdaptation:
         Returns:
             one ``(n, C, h, w)`` tensor of probabilities per prior.
         """
-        alpha, decay, phases = self.params
+        alpha = self.params[0]
         n, C, h, w = symbols.shape
         B = priors[0].shape[-1]
         dev = priors[0].device
+        inside, order_t, ordered, block, k, hist, counts = self._block_statistics(symbols, B, dev, lo, length)
+        nb, K = hist.shape[2:]
+        at = block.view(1, 1, -1) * K + k  # each symbol's own count, in its block
+        seen = counts.view(n, C, nb * K).gather(2, at)
+        total = counts.sum(-1).gather(2, block.view(1, 1, -1).expand(n, C, -1))
+        bins = (ordered + B // 2).clamp(0, B - 1)
+        inverse = torch.empty_like(order_t)
+        inverse[order_t] = torch.arange(len(order_t), device=dev)
+        out = []
+        for prior in priors:
+            pi, strength, floor = self._restricted(prior, inside, n)
+            pi_at = pi.gather(2, bins).clamp_min(floor)
+            q = ((alpha * pi_at + seen) / (strength + total).clamp_min(alpha * floor)).clamp_min(floor)
+            out.append(q[..., inverse].view(n, C, h, w))
+        return out
+
+    def channel_bits(self, symbols: Tensor, num_bins: int, lo: Tensor | None = None, length: Tensor | None = None,
+                     device=None) -> Callable[[Tensor], Tensor]:
+        """``bits(prior)``: each channel's bits ``(n, C)`` under the adapted tables started from ``prior``.
+
+        ``-Σ log2`` of :meth:`likelihoods` per channel (same model, same arguments, priors
+        over ``num_bins`` bins on ``device``), for many priors over the same symbols, as the
+        encoder's refinement asks. The symbols' block histograms and decayed counts are
+        computed once, and a symbol's probability depends only on its block and its value,
+        so each call costs one term per (block, value) pair that occurs, not one per symbol.
+        """
+        alpha = self.params[0]
+        inside, _, ordered, _, _, hist, counts = self._block_statistics(symbols, num_bins, device, lo, length)
+        n, C = hist.shape[:2]
+        total = counts.sum(-1, keepdim=True).expand_as(hist)
+        i, c, _, k = (hist > 0).nonzero(as_tuple=True)  # the (block, value) pairs that occur
+        row = i * C + c  # (image, channel) of each pair
+        weight, seen, total = hist[hist > 0], counts[hist > 0], total[hist > 0]
+        bins = (k + int(ordered.min()) + num_bins // 2).clamp(0, num_bins - 1)
+
+        def bits(prior: Tensor) -> Tensor:
+            pi, strength, floor = self._restricted(prior, inside, n)
+            pi_at = pi.reshape(n * C, -1)[row, bins].clamp_min(floor)
+            q = ((alpha * pi_at + seen) / (strength.reshape(-1)[row] + total).clamp_min(alpha * floor)).clamp_min(floor)
+            out = torch.zeros(n * C, device=q.device, dtype=q.dtype).index_add(0, row, -weight * torch.log2(q))
+            return out.view(n, C)
+
+        return bits
+
+    def _restricted(self, prior: Tensor, inside: Tensor, n: int):
+        """``(π, α·Σπ, floor)``: the prior on the coded support ``(n, C, B)``, its strength ``(n, C, 1)``.
+
+        As :meth:`base_freqs`: the table's own frequencies inside the support (at least one unit
+        in ``2**16`` each, as the integer tables give every coded symbol), nothing outside (no
+        renormalization).
+        """
+        floor = torch.full((), 2.0 ** -PRECISION, device=inside.device, dtype=prior.dtype)
+        pi = torch.where(inside, prior.clamp_min(floor), torch.zeros_like(floor)).expand(n, -1, -1)
+        return pi, self.params[0] * pi.sum(-1, keepdim=True), floor
+
+    def _block_statistics(self, symbols: Tensor, num_bins: int, device, lo: Tensor | None, length: Tensor | None):
+        """What :meth:`likelihoods` derives from the symbols alone, on ``device``.
+
+        ``(inside, order, ordered, block, k, hist, counts)``: the coded support ``(n, C, B)``,
+        the coding order, the symbols in it ``(n, C, L)``, each one's block ``(L,)`` and value
+        index ``k`` (value minus the smallest), the blocks' histograms and the decayed counts
+        before each block, ``(n, C, blocks, K)``.
+        """
+        _, decay, phases = self.params
+        n, C, h, w = symbols.shape
+        B, dev = num_bins, device
         sym = symbols.detach().long().to(dev).reshape(n, C, h * w)
         radius = sym.abs().flatten(1).amax(1).clamp(max=B // 2).view(n, 1, 1)  # (n, 1, 1)
         value = torch.arange(B, device=dev).view(1, 1, B) - B // 2
@@ -297,23 +363,7 @@ class BackwardAdaptation:
         g = decay / 256.0
         for b in range(1, nb):
             counts[:, :, b] = g * counts[:, :, b - 1] + hist[:, :, b - 1]
-        at = block.view(1, 1, -1) * K + k  # each symbol's own count, in its block
-        seen = counts.view(n, C, nb * K).gather(2, at)
-        total = counts.sum(-1).gather(2, block.view(1, 1, -1).expand(n, C, -1))
-        bins = (ordered + B // 2).clamp(0, B - 1)
-        inverse = torch.empty_like(order_t)
-        inverse[order_t] = torch.arange(len(order_t), device=dev)
-        out = []
-        for prior in priors:
-            # As base_freqs: the table's own frequencies inside the support (at least one unit in 2**16 each,
-            # as the integer tables give every coded symbol), nothing outside (no renormalization).
-            floor = torch.full((), 2.0 ** -PRECISION, device=dev, dtype=prior.dtype)
-            pi = torch.where(inside, prior.clamp_min(floor), torch.zeros_like(floor)).expand(n, -1, -1)
-            strength = alpha * pi.sum(-1, keepdim=True)  # (n, C, 1)
-            pi_at = pi.gather(2, bins).clamp_min(floor)
-            q = ((alpha * pi_at + seen) / (strength + total).clamp_min(alpha * floor)).clamp_min(floor)
-            out.append(q[..., inverse].view(n, C, h, w))
-        return out
+        return inside, order_t, ordered, block, k, hist, counts
 
 
 class AdaptedPlan:

@@ -137,30 +137,33 @@ class PdfModel(nn.Module):
         return {"p_hat": self.synthesize(v_hat), "likelihoods": v_likelihoods}
 
     def compress(self, p: Tensor, num_samples: int | None = None, refine_steps: int = 0, refine_lr: float = 0.05,
-                 static_bits: Tensor | None = None) -> dict:
+                 static_bits: Tensor | None = None, y_bits=None) -> dict:
         """Side strings of ``p``; with ``refine_steps``, of the refined latent (see :meth:`refine`)."""
         v = self.g_a(p)
         if refine_steps > 0:
             if num_samples is None:
                 raise ValueError("refinement needs num_samples, the latent positions per channel")
-            v = self.refine(p, v, num_samples, refine_steps, refine_lr, static_bits)
+            v = self.refine(p, v, num_samples, refine_steps, refine_lr, static_bits, y_bits)
         strings = self.entropy_bottleneck.compress(v)
         return {"strings": strings, "shape": tuple(v.shape[2:])}
 
     def _side_medians(self) -> Tensor:
         return self.entropy_bottleneck.quantiles[:, 0, 1].detach().view(1, -1, 1)
 
-    def coding_cost(self, v_hat: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
-        """``(bits of y per channel (n, C), bits of the side latent (n,))`` when ``v̂`` codes a latent with bin ``counts``."""
+    def coding_cost(self, v_hat: Tensor, counts: Tensor, y_bits=None) -> tuple[Tensor, Tensor]:
+        """``(bits of y per channel (n, C), bits of the side latent (n,))`` when ``v̂`` codes a latent with bin ``counts``.
+
+        ``y`` is costed with fixed ``p̂`` tables (the cross-entropy), or by ``y_bits(p̂)`` when given.
+        """
         p_hat = self.synthesize(v_hat)
-        bits_y = -(counts * torch.log2(p_hat.clamp_min(1e-9))).sum(dim=-1)
+        bits_y = -(counts * torch.log2(p_hat.clamp_min(1e-9))).sum(dim=-1) if y_bits is None else y_bits(p_hat)
         _, lik = self.entropy_bottleneck(v_hat, training=False)
         bits_v = -torch.log2(lik).sum(dim=(1, 2))
         return bits_y, bits_v
 
     @torch.enable_grad()
     def refine(self, p: Tensor, v: Tensor, num_samples: int, steps: int, lr: float = 0.05,
-               static_bits: Tensor | None = None) -> Tensor:
+               static_bits: Tensor | None = None, y_bits=None) -> Tensor:
         """Encoder-side search for the side latent that minimizes the image's total bits.
 
         Beyond the paper: ``g_a`` amortizes the encoding over a training set and
@@ -176,8 +179,16 @@ class PdfModel(nn.Module):
         With ``static_bits`` (``(n, C)``, each channel's bits under the static
         tables), candidates are compared with a channel costing
         ``min(adaptive, static)``, as the codec's per-channel fallback codes it.
+
+        ``y_bits`` (a differentiable function of ``p̂`` returning ``(n, C)`` bits)
+        replaces the fixed tables' cross-entropy by the cost of the coder actually
+        deployed, e.g. the backward-adapted tables started from ``p̂``: refining for
+        another coder's cost would optimize a rate the bytes do not follow.
+        ``static_bits`` may live on any device: it follows ``v``'s.
         """
         counts = (p * num_samples).detach()
+        if static_bits is not None:
+            static_bits = static_bits.to(device=v.device, dtype=torch.float32)
         med = self._side_medians()
         frozen = [q for q in self.parameters() if q.requires_grad]
         for q in frozen:
@@ -188,7 +199,7 @@ class PdfModel(nn.Module):
             best_cost, best = None, None
             for i in range(steps + 1):
                 v_hat = v + (self.entropy_bottleneck.quantize(v, "dequantize", med) - v).detach()
-                bits_y, bits_v = self.coding_cost(v_hat, counts)
+                bits_y, bits_v = self.coding_cost(v_hat, counts, y_bits)
                 with torch.no_grad():  # per image: each image keeps its own best
                     coded = torch.minimum(bits_y, static_bits) if static_bits is not None else bits_y
                     cost = coded.sum(-1) + bits_v

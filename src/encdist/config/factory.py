@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from encdist.errors import ConfigError
+from encdist.quality import QUALITY_LMBDA
 from encdist.registry import lookup
 
 __all__ = [
@@ -35,9 +36,6 @@ __all__ = [
     "trainable_parameter_groups",
     "load_model_weights",
 ]
-
-#: λ of CompressAI's pretrained bmshj2018-factorized per quality (docs/METHOD.md).
-QUALITY_LMBDA = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.013, 5: 0.025, 6: 0.0483, 7: 0.0932, 8: 0.18}
 
 
 def _lmbda_for_quality(quality) -> float:

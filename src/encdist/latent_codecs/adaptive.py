@@ -268,11 +268,15 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         return lik
 
     # ------------------------------------------------------------------ side payload
-    def _pack_side(self, o: CodingOptions, p: Tensor, num_samples: int, static_bits: Tensor | None = None) -> bytes:
-        """Side payload of one image: its compressed distribution (or raw counts in ideal mode)."""
+    def _pack_side(self, o: CodingOptions, p: Tensor, sym: Tensor, static_bits: Tensor | None = None) -> bytes:
+        """Side payload of one image (symbols ``sym``): its compressed distribution (or raw counts in ideal mode)."""
+        num_samples = sym.shape[-2] * sym.shape[-1]
         if o.ideal:
             return bs.pack_counts((p * num_samples).round().to(torch.int32).cpu().numpy())
-        out = self.pdf_model.compress(p.unsqueeze(0), num_samples, o.refine_steps, o.refine_lr, static_bits)
+        y_bits = None
+        if o.refine_steps and o.backward:
+            y_bits, static_bits = self._backward_refinement_cost(sym, static_bits is not None)
+        out = self.pdf_model.compress(p.unsqueeze(0), num_samples, o.refine_steps, o.refine_lr, static_bits, y_bits)
         return out["strings"][0]
 
     def side_tables(self, payload: bytes, ideal: bool):
@@ -289,6 +293,23 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             weights = self.pdf_model.integer_weights([payload])
         cdf, lengths, offsets = weight_tables(weights, *table_support(self.entropy_bottleneck, self.num_bins), self.num_bins)
         return cdf[0], lengths, offsets
+
+    def _backward_refinement_cost(self, sym: Tensor, fallback: bool):
+        """``(y_bits, static_bits)`` the refinement minimizes when the tables adapt backward.
+
+        ``y_bits(p̂)``: each channel's bits under the adapted tables started from ``p̂``
+        (:meth:`BackwardAdaptation.channel_bits`, the differentiable model of the integer
+        tables that training uses); ``static_bits``: the same started from the static table,
+        the per-channel alternative of the fallback (``None`` without it), costed by the same
+        model so that the two compare like with like.
+        """
+        device = self.entropy_bottleneck.quantiles.device
+        support = table_support(self.entropy_bottleneck, self.num_bins)
+        y_bits = self.adaptation.channel_bits(sym.unsqueeze(0), self.num_bins, *support, device=device)
+        if not fallback:
+            return y_bits, None
+        with torch.no_grad():
+            return y_bits, y_bits(self.static_pmf().unsqueeze(0))
 
     # ------------------------------------------------------------------ compress
     #: Channels processed at once where a whole-latent temporary would be large (same results).
@@ -340,12 +361,13 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
     def _compress_one(self, o: CodingOptions, sym: Tensor, p: Tensor | None, static):
         """``(mode, y string, payload)`` of one image's symbols ``(C, h, w)``."""
         indexes = self._indexes(sym.shape[-2:])
-        # Per-channel bits under the static tables: what the refinement and the fallback compare against.
+        # Per-channel bits under the static tables: what the fallback compares against (and the refinement,
+        # with fixed tables; with backward adaptation, _pack_side costs the adapted tables instead).
         s_bits = channel_bits(sym, *static) if o.fallback else None
         adaptive = payload = None
         if p is not None:
             refine_ref = s_bits.float().unsqueeze(0) if s_bits is not None and o.refine_steps else None
-            payload = self._pack_side(o, p, sym.shape[-2] * sym.shape[-1], refine_ref)
+            payload = self._pack_side(o, p, sym, refine_ref)
             # The decoder's tables come from the decoded payload: derive them the same way here.
             adaptive = self.side_tables(payload, o.ideal)
         families = []

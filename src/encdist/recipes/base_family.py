@@ -1,7 +1,7 @@
 """The RD family of frozen transforms: ``make base-models``.
 
 ``bmshj2018-factorized`` with the paper's sizes (N=128, M=192) at several λ of the paper's
-table (:data:`encdist.config.factory.QUALITY_LMBDA`), trained on the offline photo corpus
+table (:data:`encdist.quality.QUALITY_LMBDA`), trained on the offline photo corpus
 (``make data``) with ``compressai-train --config-name=base_factorized``. A few thousand
 steps fit this project's 2-core budget, so one quality is trained from scratch and the
 others are fine-tuned from a neighbour (weights only, ``++paths.model_checkpoint``, new run
@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from encdist.errors import CheckpointError, EncdistError
+from encdist.quality import QUALITY_LMBDA
 
 __all__ = ["Stage", "FAMILY", "weights_dir", "weights_path", "load_manifest", "verify", "run", "main"]
 
@@ -115,13 +116,12 @@ def _history(run_root: Path) -> List[dict]:
         for line in path.read_text().splitlines():
             r = json.loads(line)
             rows.append({"epoch": r["epoch"], "train_steps": r["train_steps"],
-                         "valid_psnr": r.get("valid/psnr"), "valid_bpp": r.get("valid/bpp")})
+                         "valid_psnr": r.get("valid/psnr"), "valid_bpp_loss": r.get("valid/bpp_loss")})
     return rows
 
 
 def train_stage(stage: Stage, folder: Path, work: Path, threads: int, extra: Sequence[str] = ()) -> dict:
     from encdist.training.aim_logger import new_run_hash
-    from encdist.config.factory import QUALITY_LMBDA
 
     run_hash = new_run_hash()
     export = work / "base" / f"q{stage.quality}.pth"

@@ -18,7 +18,7 @@ Layout (as in CompressAI-Trainer)
 
 What is tracked
 ---------------
-* Metrics keep the names they are given (``loss``, ``bpp_y``, ``bpp_pdf``,
+* Metrics keep the names they are given (``loss``, ``bpp_y_loss``, ``bpp_y``,
   ...) and are told apart by their context
   ``{"loader": <loader key>, "scope": <catalyst scope>}``:
 
@@ -31,8 +31,10 @@ What is tracked
   - ``scope="loader"`` is skipped: catalyst reports the same values again in
     the ``epoch`` scope (this mirrors the Aim logger of later catalyst versions).
 
-  So ``bpp_y`` of the validation set is the Aim metric ``bpp_y`` with
-  ``metric.context.loader == "valid"``.
+  So the validation set's estimated ``y`` rate is the Aim metric ``bpp_y_loss`` with
+  ``metric.context.loader == "valid"``. The runners name estimates from likelihoods
+  ``*_loss`` (CompressAI-Trainer's ``bpp_loss``) and the bytes the infer loader writes
+  ``bpp``, ``bpp_y``, ``bpp_pdf``.
 * ``log_hparams`` stores the fully resolved config as a nested dict in
   ``run["hparams"]``.
 * Images and matplotlib figures are tracked as :class:`aim.Image`.
