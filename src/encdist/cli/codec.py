@@ -9,6 +9,10 @@ The file (:mod:`encdist.codec.bitstream`: magic number, format version, the mode
 the image size, every stream, a checksum) is all the decoder needs besides the run's
 model; a file of another model or format version is refused with one line. The run's
 weights are its last epoch's (:mod:`encdist.training.run_folder`).
+
+``decode`` refuses a file whose (padded) image is over ``--max-pixels``
+(:data:`encdist.codec.bitstream.MAX_DECODE_PIXELS` by default, an 8K frame) before
+decoding anything: the header could declare any size. Raise it for trusted files.
 """
 
 from __future__ import annotations
@@ -69,8 +73,12 @@ def encode_image(model, x, mode: str = "adaptive", pad_multiple: int = 64) -> by
     return pack(model, enc["strings"], enc["shape"], x.shape[-2:], mode)
 
 
-def decode_file(model, data: bytes, pad_multiple: int = 64):
-    """The decoded image ``(1, 3, H, W)`` of a file's bytes."""
+def decode_file(model, data: bytes, pad_multiple: int = 64, max_pixels: int | None = None):
+    """The decoded image ``(1, 3, H, W)`` of a file's bytes; an image over ``max_pixels`` is refused.
+
+    ``max_pixels`` counts the padded image that is decoded
+    (:data:`encdist.codec.bitstream.MAX_DECODE_PIXELS` by default).
+    """
     import torch
     from compressai.ops import compute_padding
 
@@ -84,10 +92,12 @@ def decode_file(model, data: bytes, pad_multiple: int = 64):
     kw = {}
     if hasattr(model, "adaptive_codec"):  # the decoder needs to know static and ideal streams; the rest is in them
         kw["options"] = {"adaptive": CodingOptions(), "static": CODING_MODES["static"], "ideal": CODING_MODES["ideal"]}[coding]
+        kw["max_pixels"] = max_pixels
     pad, _ = compute_padding(H, W, min_div=pad_multiple)
     f = int(getattr(model, "downsampling_factor", 1))
     if ((H + pad[2] + pad[3]) // f, (W + pad[0] + pad[1]) // f) != tuple(shape):
         raise BitstreamError(f"file header: a {shape[0]}x{shape[1]} latent does not fit a {W}x{H} image")
+    bs.check_shape(shape, f, max_pixels)  # before any model, ours or CompressAI's, sees the shape
     with torch.no_grad():
         x_hat = model.decompress(strings, shape, **kw)["x_hat"]
     return crop_padding(x_hat, tuple(int(p) for p in pad)).clamp(0, 1).cpu()
@@ -103,6 +113,9 @@ def main(argv: List[str] | None = None) -> int:
     d = sub.add_parser("decode", help="file -> image")
     d.add_argument("file")
     d.add_argument("-o", "--output", required=True, help="the image to write (PNG)")
+    d.add_argument("--max-pixels", type=int, metavar="N",
+                   help="largest image to decode, in pixels after padding (default: encdist.codec.bitstream.MAX_DECODE_PIXELS, "
+                        "8192x4096); a file can declare any size, raise it only for trusted files")
     for q in (e, d):
         q.add_argument("--run", required=True, help="the run folder (or runner checkpoint) of the model")
         q.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -127,7 +140,7 @@ def main(argv: List[str] | None = None) -> int:
                 data = Path(args.file).read_bytes()
             except OSError as err:
                 raise EncdistError(f"cannot read {args.file}: {err.strerror or err}") from None
-            x_hat = decode_file(model, data)
+            x_hat = decode_file(model, data, max_pixels=args.max_pixels)
             out = Path(args.output)
             out.parent.mkdir(parents=True, exist_ok=True)
             # Rounded to 8 bits (to_pil_image would truncate: a bias of half a level).

@@ -163,12 +163,12 @@ def read_bitstream(path: str | Path):
         raise BitstreamError(f"{path}: {e}") from None
 
 
-def decode_bitstream(model, path: str | Path) -> torch.Tensor:
-    """The image ``(1, 3, H, W)`` that ``model`` decodes from a saved file."""
+def decode_bitstream(model, path: str | Path, max_pixels: int | None = None) -> torch.Tensor:
+    """The image ``(1, 3, H, W)`` that ``model`` decodes from a saved file (``max_pixels``: :func:`encdist.cli.codec.decode_file`)."""
     from encdist.cli.codec import decode_file
 
     try:
-        return decode_file(model, Path(path).read_bytes())
+        return decode_file(model, Path(path).read_bytes(), max_pixels=max_pixels)
     except BitstreamError as e:
         raise BitstreamError(f"{path}: {e}") from None
 

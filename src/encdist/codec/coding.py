@@ -29,6 +29,7 @@ Two things CompressAI does not give us:
 from __future__ import annotations
 
 import math
+import struct
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -141,9 +142,65 @@ def _flat_chunks(t: Tensor, chunk: int):
         for i in range(0, flat.numel(), chunk):
             yield flat[i : i + chunk]
         return
-    step = max(1, chunk // max(1, t[0].numel()))
-    for i in range(0, t.shape[0], step):
-        yield from _flat_chunks(t[i : i + step], chunk)
+    row = t[0].numel()
+    if row > chunk:
+        for i in range(t.shape[0]):
+            yield from _flat_chunks(t[i], chunk)
+        return
+    for i in range(0, t.shape[0], chunk // row):
+        yield t[i : i + chunk // row].reshape(-1)
+
+
+#: Largest substream (in coder records: symbols, plus bypass records of escapes) that
+#: ``BufferedRansEncoder.flush`` cannot be trusted with: it writes the stream into a
+#: buffer of one 32-bit word per record, but the final state alone is two words, so one
+#: record (and two records of 16 bits each) writes before the buffer and corrupts the heap
+#: (``EntropyBottleneck.compress`` of a single symbol does). From three records on it
+#: fits: ``W`` renormalization words hold at most the records' bits (16 each at most), so
+#: ``W <= 16·n/32 <= n - 2``. A substream of a few symbols is coded by :func:`_small_rans`.
+_SMALL_SUBSTREAM = 2
+_RANS_L = 1 << 31  # compressai.ans: Rans64's lower bound of the state
+_BYPASS_BITS = 4
+
+
+def _coder_records(symbol: int, cdf: list, length: int, offset: int) -> List[Tuple[int, int, int]]:
+    """``(start, frequency or 0 for a bypass record, bits)`` of one symbol, as ``BufferedRansEncoder`` pushes them."""
+    max_value = length - 2
+    value, raw = symbol - offset, 0
+    if value < 0:
+        raw, value = -2 * value - 1, max_value
+    elif value >= max_value:
+        raw, value = 2 * (value - max_value), max_value
+    out = [(cdf[value], cdf[value + 1] - cdf[value], PRECISION)]
+    if value == max_value:
+        top = (1 << _BYPASS_BITS) - 1
+        n = 0
+        while raw >> (n * _BYPASS_BITS):
+            n += 1
+        val = n
+        while val >= top:
+            out.append((top, 0, _BYPASS_BITS))
+            val -= top
+        out.append((val, 0, _BYPASS_BITS))
+        out += [((raw >> (j * _BYPASS_BITS)) & top, 0, _BYPASS_BITS) for j in range(n)]
+    return out
+
+
+def _small_rans(records: List[Tuple[int, int, int]]) -> bytes:
+    """CompressAI's ``BufferedRansEncoder.flush`` of a few records, in Python (same bytes, no overrun).
+
+    Rans64 (``rans64.h``): records are coded last first from the state ``2**31``; a
+    renormalization writes the state's low word before the ones already written; the
+    final state's two words (low, high) come first; words are little-endian.
+    """
+    x, words = _RANS_L, []
+    for start, freq, bits in reversed(records):
+        scale_freq = freq if freq else 1 << (PRECISION - bits)
+        if x >= ((_RANS_L >> PRECISION) << 32) * scale_freq:
+            words.append(x & 0xFFFFFFFF)
+            x >>= 32
+        x = ((x // freq) << bits) + x % freq + start if freq else (x << bits) | start
+    return struct.pack(f"<{2 + len(words)}I", x & 0xFFFFFFFF, x >> 32, *reversed(words))
 
 
 class BufferedEncoder:
@@ -153,33 +210,49 @@ class BufferedEncoder:
     new substream starts (:data:`~encdist.codec.bitstream.SUBSTREAM_SYMBOLS`, the format's;
     another value only for tests): CompressAI's coder buffers every symbol until its flush
     (a 6-byte record each, plus 4 bytes of output), so this bounds the encoder's memory by
-    one substream. A string of one substream is exactly one ``compressai.ans`` stream.
+    one substream. A string of one substream is exactly one ``compressai.ans`` stream
+    (a substream of one or two symbols is coded in Python: :data:`_SMALL_SUBSTREAM`).
     """
 
     def __init__(self, substream_symbols: int = SUBSTREAM_SYMBOLS):
         if int(substream_symbols) < 1:
             raise ValueError(f"substream_symbols must be >= 1, got {substream_symbols!r}")
         self.substream_symbols = int(substream_symbols)
+        self._parts: List[bytes] = []
+        self._open()
+
+    def _open(self) -> None:
         self._enc = ans.BufferedRansEncoder()
         self._count = 0  # symbols in the open substream
-        self._parts: List[bytes] = []
+        self._first: List[Tuple[int, int, int]] = []  # its first records, while it may be small
+
+    def _close(self) -> None:
+        if len(self._first) <= _SMALL_SUBSTREAM:
+            self._parts.append(_small_rans(self._first))  # the C++ coder's records are dropped unflushed
+        else:
+            self._parts.append(self._enc.flush())
+        self._open()
 
     def add(self, symbols: list, indexes: list, cdf: list, lengths: list, offsets: list) -> None:
         i, n = 0, len(symbols)
         while i < n:
-            if self._count == self.substream_symbols:  # flushed only once more symbols come: no empty last substream
-                self._parts.append(self._enc.flush())
-                self._enc, self._count = ans.BufferedRansEncoder(), 0
+            if self._count == self.substream_symbols:  # closed only once more symbols come: no empty last substream
+                self._close()
             take = min(self.substream_symbols - self._count, n - i)
             whole = i == 0 and take == n
+            for j in range(i, i + take):
+                if len(self._first) > _SMALL_SUBSTREAM:
+                    break
+                t = indexes[j]
+                self._first += _coder_records(symbols[j], cdf[t], lengths[t], offsets[t])
             self._enc.encode_with_indexes(symbols if whole else symbols[i : i + take],
                                           indexes if whole else indexes[i : i + take], cdf, lengths, offsets)
             self._count += take
             i += take
 
     def flush(self) -> bytes:
-        parts, self._parts = self._parts + [self._enc.flush()], []
-        self._enc, self._count = ans.BufferedRansEncoder(), 0
+        self._close()
+        parts, self._parts = self._parts, []
         return join_substreams(parts)
 
 
