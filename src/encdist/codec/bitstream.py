@@ -83,6 +83,7 @@ __all__ = [
     "MAX_DECODE_PIXELS",
     "MAX_DECODE_IMAGES",
     "SUBSTREAM_SYMBOLS",
+    "SUBSTREAM_MIN_BYTES",
     "MISMATCH",
     "SideStream",
     "fingerprint",
