@@ -126,9 +126,9 @@ HEADER_SIZE = _HEADER.size
 #: ``encdist-codec decode --max-pixels``): 2**25 = 8192x4096, so that an 8K UHD frame
 #: (7680x4320, 7680x4352 once padded to a multiple of 64) decodes, the size whose
 #: entropy-decoding memory is measured (``benchmarks/memory.py``). Decoding allocates and
-#: decodes C·h·w symbols and runs the synthesis transform at the declared size, whatever
-#: the string length (a flat latent codes to a few bytes per substream), so the declared
-#: shape must be bounded by something else than the stream.
+#: decodes C·h·w symbols and runs the synthesis transform at the declared size, and the
+#: stream bounds that size only loosely (a flat latent codes to a few bytes per substream,
+#: :func:`split_substreams`), so the declared shape is bounded by a limit as well.
 MAX_DECODE_PIXELS = 1 << 25
 #: Most images one ``decompress`` call decodes (string lists' length): each costs its own
 #: side stream and tables, and all of them are held at once; decode more in batches.
