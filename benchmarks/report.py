@@ -296,13 +296,15 @@ def _md_memory(r: Dict[str, Any]) -> List[str]:
         t = r["target"]
         L.append(f"- {t['target']}: **{t['value']:.0f} MB** ({C.met(t['met'])})")
         L.append("")
-    L.append("Where it goes: the encoder holds the symbols (int32) and the output `y_hat` (float32), 4 bytes each per "
-             "latent element, plus bounded work: backward-adapted tables in bands of rows (`TABLE_BUDGET`, 64 MB), range "
-             "coding in chunks of 2^20 symbols, per-channel counts 16 channels at a time. The decoder's peak is set by "
-             "the bounds-safe rANS buffer: CompressAI's decoder reads 32-bit words without bounds checks, so the stream "
-             "is padded with zeros for the most a corrupt stream could make it read (8 bytes per symbol plus 16 per "
-             "stream byte), and `RansDecoder.set_stream` copies that buffer twice more; decoding time and memory are "
-             "bounded by `MAX_LATENT_POSITIONS`.")
+    L.append("Where it goes: the encoder holds the symbols (int32, turned into the output `y_hat` in place), 4 bytes "
+             "per latent element, plus bounded work: backward-adapted tables in bands of rows (`TABLE_BUDGET`, 64 MB), "
+             "range coding in chunks of 2^20 symbols and substreams of 2^21 (`SUBSTREAM_SYMBOLS`: CompressAI's coder "
+             "buffers every symbol until its flush), per-channel counts 16 channels at a time. The decoder holds the "
+             "decoded symbols (int32, turned into `y_hat` in place) and one substream's bounds-safe rANS buffer: "
+             "CompressAI's decoder reads 32-bit words without bounds checks, so each substream is padded with zeros "
+             "for the most a corrupt one could make it read (8 bytes per symbol plus 16 per stream byte), and "
+             "`RansDecoder.set_stream` copies that buffer twice more. The declared size is bounded by "
+             "`MAX_DECODE_PIXELS` and checked against the stream's length before decoding.")
     L.append("")
     return L
 

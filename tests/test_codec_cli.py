@@ -97,3 +97,80 @@ def test_file_of_another_model_or_version_is_refused(runs, photo, tmp_path, caps
     assert cli.main(["decode", str(tmp_path / "missing.bin"), "-o", str(tmp_path / "x.png"), "--run", str(run)]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+# ---------------------------------------------------------------------- bounded decoding
+def test_max_pixels_limits_the_decoded_image(runs, photo, tmp_path, capsys):
+    run, _ = runs
+    binf = tmp_path / "c.bin"
+    assert cli.main(["encode", str(photo), "-o", str(binf), "--run", str(run)]) == 0
+    capsys.readouterr()
+    padded = 512 * 320  # 450x300 is decoded at 512x320
+    out = tmp_path / "x.png"
+    assert cli.main(["decode", str(binf), "-o", str(out), "--run", str(run), "--max-pixels", str(padded - 1)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max-pixels" in err[0] and f"limit of {padded - 1} pixels" in err[0], err
+    assert not out.exists()
+    assert cli.main(["decode", str(binf), "-o", str(out), "--run", str(run), "--max-pixels", str(padded)]) == 0
+    assert out.exists()
+
+
+_MEASURE = """
+import json, resource, sys, time
+from pathlib import Path
+from encdist.cli.codec import _model, decode_file
+from encdist.errors import EncdistError
+path, run, *limit = sys.argv[1:]
+model, data = _model(run, "cpu"), Path(path).read_bytes()
+t, error = time.perf_counter(), None
+try:
+    decode_file(model, data, max_pixels=int(limit[0]) if limit else None)
+except EncdistError as e:
+    error = str(e)
+print(json.dumps({"error": error, "seconds": time.perf_counter() - t,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _decode_in_subprocess(*args):
+    """Decode a file in a fresh process: the error (or None), the decode's seconds, the process's peak memory."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(600)
+def test_forged_huge_file_is_refused_in_one_line_quickly_and_with_little_memory(runs, photo, tmp_path, capsys):
+    """A short file with a valid header, fingerprint and checksum declaring 16384x16384.
+
+    Each decode runs in its own process: the process's peak resident memory and the decode's
+    time against a normal decode's (a 450x300 photograph): < 300 MB more, within 2 s. The
+    default limit refuses the size; a raised one leaves it to the y stream, too short for it.
+    """
+    from encdist.cli.eval import load_run
+    from encdist.codec import bitstream as bs
+
+    run, _ = runs
+    binf = tmp_path / "c.bin"
+    assert cli.main(["encode", str(photo), "-o", str(binf), "--run", str(run)]) == 0
+    capsys.readouterr()
+    model, _, _ = load_run(run)
+    (_, pdf), _, _, coding = bs.unpack_file(binf.read_bytes())
+    forged = tmp_path / "forged.bin"  # the real side stream, and a y stream of one rANS final state
+    forged.write_bytes(bs.pack_file([[bytes(8)], pdf], (16384, 16384), (1024, 1024), bs.model_fingerprint(model), coding))
+    assert len(forged.read_bytes()) < 1000
+
+    normal = _decode_in_subprocess(binf, run)
+    assert normal["error"] is None
+    for limit, why in [((), "--max-pixels"), ((1 << 30,), "y stream")]:
+        res = _decode_in_subprocess(forged, run, *limit)
+        assert res["error"] is not None and why in res["error"] and "\n" not in res["error"], res
+        assert res["peak_mb"] < normal["peak_mb"] + 300, (res, normal)
+        assert res["seconds"] < normal["seconds"] + 2, (res, normal)

@@ -9,6 +9,10 @@ The file (:mod:`encdist.codec.bitstream`: magic number, format version, the mode
 the image size, every stream, a checksum) is all the decoder needs besides the run's
 model; a file of another model or format version is refused with one line. The run's
 weights are its last epoch's (:mod:`encdist.training.run_folder`).
+
+``decode`` refuses a file whose (padded) image is over ``--max-pixels``
+(:data:`encdist.codec.bitstream.MAX_DECODE_PIXELS` by default, an 8K frame) before
+decoding anything: the header could declare any size. Raise it for trusted files.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ def main(argv: List[str] | None = None) -> int:
     d = sub.add_parser("decode", help="file -> image")
     d.add_argument("file")
     d.add_argument("-o", "--output", required=True, help="the image to write (PNG)")
+    d.add_argument("--max-pixels", type=int, metavar="N",
+                   help="largest image to decode, in pixels after padding (default: encdist.codec.bitstream.MAX_DECODE_PIXELS, "
+                        "8192x4096); a file can declare any size, raise it only for trusted files")
     for q in (e, d):
         q.add_argument("--run", required=True, help="the run folder (or runner checkpoint) of the model")
         q.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -74,7 +81,7 @@ def main(argv: List[str] | None = None) -> int:
                 data = Path(args.file).read_bytes()
             except OSError as err:
                 raise EncdistError(f"cannot read {args.file}: {err.strerror or err}") from None
-            x_hat = decode_file(model, data)
+            x_hat = decode_file(model, data, max_pixels=args.max_pixels)
             out = Path(args.output)
             out.parent.mkdir(parents=True, exist_ok=True)
             # Rounded to 8 bits (to_pil_image would truncate: a bias of half a level).

@@ -32,7 +32,9 @@ Everything is integer arithmetic (counts in 1/256 units, floor division), so
 encoder and decoder build the same tables on any platform. Block order, the
 block of each symbol and the per-block tables are the whole contract: the
 encoder codes all blocks in one rANS call, the decoder decodes block by block
-(``RansDecoder.decode_stream``) and updates its counts in between.
+(``RansDecoder.decode_stream``) and updates its counts in between. The y string's
+substreams (:data:`~encdist.codec.bitstream.SUBSTREAM_SYMBOLS`) cut this sequence at
+fixed symbol counts, inside blocks too; the tables do not see them.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from encdist.codec.bitstream import block_order, stream_layout
-from encdist.codec.coding import PRECISION, BufferedEncoder, integer_cdf_table
+from encdist.codec.bitstream import SUBSTREAM_SYMBOLS, block_order, stream_layout
+from encdist.codec.coding import PRECISION, BufferedEncoder, integer_cdf_table, symbol_bits_floor
 
 __all__ = [
     "BackwardAdaptation",
@@ -245,6 +247,19 @@ class BackwardAdaptation:
         """Decoder side: ``(C, h, w)`` int32 symbols, block by block (:func:`decode_adapted`)."""
         return decode_adapted(decoder, shape, base_freq, offsets, lengths, *self.params)
 
+    @staticmethod
+    def bits_floor(lengths) -> np.ndarray:
+        """Per channel, the fewest bits rANS spends on a symbol under *any* of its adapted tables.
+
+        Every adapted table of channel ``c`` gives each of its ``lengths[c] + 1`` used
+        entries (the support and the escape) a frequency of at least 1 (:class:`_Setup`),
+        so its largest is at most ``2**16 - lengths[c]``, whatever the symbols decoded so
+        far: :func:`~encdist.codec.coding.symbol_bits_floor` of that. It is all that can be
+        said before decoding, and little (about ``2e-5·lengths[c]`` bits): the stream's
+        substream lengths and the decoder's pixel limit bound the rest.
+        """
+        return symbol_bits_floor((1 << PRECISION) - np.asarray(lengths, dtype=np.int64))
+
     def likelihoods(self, symbols: Tensor, priors: Sequence[Tensor], lo: Tensor | None = None,
                     length: Tensor | None = None) -> List[Tensor]:
         """Each symbol's probability under the adapted tables, differentiable in the priors.
@@ -419,12 +434,12 @@ class AdaptedPlan:
         tables = np.stack([s.tables(band_counts) for s in self.setups])
         return tables, hist, counts, ordered
 
-    def encode(self, use) -> bytes:
-        """The y string, channel ``c`` coded from start ``use[c]``."""
+    def encode(self, use, substream_symbols: int = SUBSTREAM_SYMBOLS) -> bytes:
+        """The y string, channel ``c`` coded from start ``use[c]`` (substreams: :class:`~encdist.codec.coding.BufferedEncoder`)."""
         C, _, w = self.symbols.shape
         use = np.asarray(use, dtype=np.int64)
         sizes, offs = (self.setups[0].lengths + 2).tolist(), self.offsets.tolist()
-        enc = BufferedEncoder()
+        enc = BufferedEncoder(substream_symbols)
         for (r0, r1), counts in zip(self.bands, self.band_counts):
             if self._cache is not None:
                 tables, ordered = self._cache

@@ -11,7 +11,12 @@ Per image, the latent codec returns ``strings = [y_strings, pdf_strings]``:
 
 .. code-block:: none
 
-    y string:    rANS stream of the C·h·w latent symbols (compressai.ans)
+    y string:    the C·h·w latent symbols in coding order, as k = ceil(C·h·w / SUBSTREAM_SYMBOLS)
+                 independent rANS substreams (compressai.ans) of SUBSTREAM_SYMBOLS symbols each
+                 (the last one: the rest), concatenated, each but the last preceded by its
+                 length (4 bytes, big-endian):
+                   [len 1][substream 1] … [len k-1][substream k-1][substream k]
+                 coding order:
                    fixed tables: channel-major, raster order (CompressAI's layout)
                    MODE_BACKWARD: block by block (:func:`block_order`), channel-major within a block
     pdf string:  [mode: 1 byte][crc32: 4 bytes, big-endian][payload]
@@ -35,6 +40,24 @@ The checksum is ``crc32`` over, in order: the model configuration's fingerprint 
 native-endian int32 (C, h, w). It covers the *decoded symbols*, so a truncated or
 corrupt stream or a stream of another configuration is refused instead of decoding to a
 wrong image, in every way of coding, the static baseline's included.
+
+Substreams (:data:`SUBSTREAM_SYMBOLS`) bound what the rANS coder holds at once, on
+both sides: CompressAI's encoder buffers every symbol until its flush (about 10 bytes a
+symbol), and its decoder reads past the end of a corrupt string, so it must be given a
+zero-padded copy sized by the symbols it decodes (:mod:`encdist.codec.coding`); with
+substreams both are sized by one substream instead of the image. A latent of at most
+:data:`SUBSTREAM_SYMBOLS` symbols is one substream with no length: exactly the bytes of
+one rANS stream, as before, so the static baseline stays CompressAI's
+``EntropyBottleneck.compress`` up to that size (a 1920x1088 image at C=192). The lengths
+are checked before anything else (:func:`split_substreams`): a string too short to hold
+the substreams that its declared shape needs, at least 8 bytes each (the rANS coder's
+final state), is refused before any allocation that grows with the shape. The y
+streams of the hyperprior models (``GaussianConditional``) use the same layout.
+
+Decoding is bounded by limits a caller can raise: :data:`MAX_DECODE_PIXELS` per image
+(the latent's positions times its downsampling factor squared: the hyperprior models
+check ``z`` at 64x and so ``y``, 4x ``z`` a side, at 16x, within the same number) and
+:data:`MAX_DECODE_IMAGES` per call (:func:`check_shape`, :func:`check_strings`).
 
 The file ``encdist-codec`` writes holds one image, big-endian::
 
@@ -65,7 +88,10 @@ __all__ = [
     "MODE_MIXED",
     "MODE_BACKWARD",
     "HEADER_SIZE",
-    "MAX_LATENT_POSITIONS",
+    "MAX_DECODE_PIXELS",
+    "MAX_DECODE_IMAGES",
+    "SUBSTREAM_SYMBOLS",
+    "SUBSTREAM_MIN_BYTES",
     "MISMATCH",
     "SideStream",
     "fingerprint",
@@ -80,6 +106,9 @@ __all__ = [
     "unpack_counts",
     "block_order",
     "stream_layout",
+    "substream_count",
+    "join_substreams",
+    "split_substreams",
     "check_strings",
     "check_shape",
     "FILE_MAGIC",
@@ -102,10 +131,17 @@ _BASE_MODES = (MODE_STATIC, MODE_ADAPTIVE, MODE_MIXED)
 _HEADER = struct.Struct(">BI")  # mode, crc32
 HEADER_SIZE = _HEADER.size
 
-#: Largest latent (h·w positions) a decoder accepts: a 16384x16384 image with a 16x
-#: downsampling transform. Decoding allocates and decodes C·h·w symbols whatever the
-#: string length (a flat latent codes to a few bytes), so ``shape`` must be bounded.
-MAX_LATENT_POSITIONS = 1024 * 1024
+#: Largest image (pixels) a decoder accepts unless told otherwise (``max_pixels``,
+#: ``encdist-codec decode --max-pixels``): 2**25 = 8192x4096, so that an 8K UHD frame
+#: (7680x4320, 7680x4352 once padded to a multiple of 64) decodes, the size whose
+#: entropy-decoding memory is measured (``benchmarks/memory.py``). Decoding allocates and
+#: decodes C·h·w symbols and runs the synthesis transform at the declared size, and the
+#: stream bounds that size only loosely (a flat latent codes to a few bytes per substream,
+#: :func:`split_substreams`), so the declared shape is bounded by a limit as well.
+MAX_DECODE_PIXELS = 1 << 25
+#: Most images one ``decompress`` call decodes (string lists' length): each costs its own
+#: side stream and tables, and all of them are held at once; decode more in batches.
+MAX_DECODE_IMAGES = 16
 
 MISMATCH = (
     "bitstream checksum mismatch: the streams are corrupt or truncated, or were made by "
@@ -121,8 +157,8 @@ def fingerprint(config: tuple) -> int:
 def checksum(seed: int, mode: int, y_length: int, payload: bytes, symbols) -> int:
     """The header's crc32 (module docstring); ``symbols`` is an int tensor or array ``(C, h, w)``."""
     crc = zlib.crc32(payload, zlib.crc32(struct.pack(">BI", mode, y_length), seed))
-    data = np.ascontiguousarray(np.asarray(symbols), dtype=np.int32).tobytes()
-    return zlib.crc32(data, crc)
+    # The array's own buffer (no bytes copy: the symbols are the size of the latent).
+    return zlib.crc32(np.ascontiguousarray(np.asarray(symbols), dtype=np.int32), crc)
 
 
 def write_side(seed: int, mode: int, payload: bytes, symbols, y_length: int) -> bytes:
@@ -251,13 +287,68 @@ def stream_layout(num_channels: int, h: int, w: int, phases: int) -> Tuple[np.nd
     return np.concatenate(pos), np.concatenate(idx).tolist()
 
 
+# ---------------------------------------------------------------------- y substreams
+#: Symbols per rANS substream of a y string (module docstring). 2**21: a 1920x1088 image's
+#: latent at C=192 (1.57 M symbols) is still one substream (CompressAI's bytes), and the
+#: decoder's zero padding (8 bytes a symbol) stays near 16 MB.
+SUBSTREAM_SYMBOLS = 1 << 21
+_SUBSTREAM_LEN = struct.Struct(">I")
+#: Fewest bytes of a substream: the rANS coder's final 64-bit state.
+SUBSTREAM_MIN_BYTES = 8
+
+
+def substream_count(num_symbols: int, substream_symbols: int = SUBSTREAM_SYMBOLS) -> int:
+    """Substreams of a string of ``num_symbols`` symbols (one at least: an empty stream is its final state)."""
+    return max(1, -(-int(num_symbols) // int(substream_symbols)))
+
+
+def join_substreams(parts: Sequence[bytes]) -> bytes:
+    """The y string of substreams ``parts``: each but the last preceded by its length."""
+    out = bytearray()
+    for p in parts[:-1]:
+        out += _SUBSTREAM_LEN.pack(len(p))
+        out += p
+    out += parts[-1]
+    return bytes(out)
+
+
+def split_substreams(string, num_symbols: int, substream_symbols: int = SUBSTREAM_SYMBOLS,
+                     what: str = "bitstream") -> List[Tuple[int, int]]:
+    """``(start, end)`` of each substream of a string that holds ``num_symbols`` symbols.
+
+    :class:`BitstreamError` unless the lengths tile the string exactly with substreams of
+    at least :data:`SUBSTREAM_MIN_BYTES` each. The string's length alone is checked first,
+    in constant time, so a shape the string is too short for is refused before anything
+    that grows with the shape (the list returned grows with the string, not the shape).
+    """
+    k = substream_count(num_symbols, substream_symbols)
+    n = len(string)
+    need = k * SUBSTREAM_MIN_BYTES + (k - 1) * _SUBSTREAM_LEN.size
+    if n < need:
+        detail = "" if k == 1 else f" ({k} substreams of {substream_symbols} symbols: {need} bytes at least)"
+        raise BitstreamError(f"{what}: {n} bytes is too short to hold {num_symbols} symbols{detail}; "
+                             "truncated, or a shape larger than the stream's")
+    bounds, pos = [], 0
+    view = memoryview(string)
+    for i in range(k - 1):
+        (m,) = _SUBSTREAM_LEN.unpack_from(view, pos)
+        pos += _SUBSTREAM_LEN.size
+        rest = (k - 2 - i) * (SUBSTREAM_MIN_BYTES + _SUBSTREAM_LEN.size) + SUBSTREAM_MIN_BYTES  # what the others need
+        if m < SUBSTREAM_MIN_BYTES or pos + m + rest > n:
+            raise BitstreamError(f"{what}: substream {i + 1} of {k} has an invalid length ({m} bytes); corrupt or truncated")
+        bounds.append((pos, pos + m))
+        pos += m
+    bounds.append((pos, n))
+    return bounds
+
+
 # ---------------------------------------------------------------------- decoder input checks
 def _is_bytes(s) -> bool:
     return isinstance(s, (bytes, bytearray))
 
 
 def check_strings(strings, num_lists: int) -> List[List[bytes]]:
-    """``strings`` as ``num_lists`` lists of bytes of one length; :class:`BitstreamError` otherwise."""
+    """``strings`` as ``num_lists`` lists of bytes of one length, at most :data:`MAX_DECODE_IMAGES`; :class:`BitstreamError` otherwise."""
     if not isinstance(strings, (list, tuple)) or len(strings) != num_lists:
         raise BitstreamError(f"expected strings = a list of {num_lists} string lists")
     lists = []
@@ -268,11 +359,13 @@ def check_strings(strings, num_lists: int) -> List[List[bytes]]:
     counts = {len(ss) for ss in lists}
     if len(counts) != 1 or 0 in counts:
         raise BitstreamError(f"string lists must hold one string per image each, got {[len(ss) for ss in lists]}")
+    if len(lists[0]) > MAX_DECODE_IMAGES:
+        raise BitstreamError(f"{len(lists[0])} images in one call exceed the decoder's limit of {MAX_DECODE_IMAGES} "
+                             "(encdist.codec.bitstream.MAX_DECODE_IMAGES): decode them in smaller batches")
     return lists
 
 
-def check_shape(shape) -> Tuple[int, int]:
-    """A latent ``(h, w)`` within :data:`MAX_LATENT_POSITIONS`; :class:`BitstreamError` otherwise."""
+def _latent_shape(shape) -> Tuple[int, int]:
     if not isinstance(shape, (list, tuple)) or len(shape) != 2:
         raise BitstreamError(f"invalid latent shape {shape!r}: expected (h, w)")
     try:
@@ -281,10 +374,23 @@ def check_shape(shape) -> Tuple[int, int]:
         raise BitstreamError(f"invalid latent shape {shape!r}: expected two integers") from None
     if any(isinstance(s, bool) or int(s) != s for s in shape) or h < 1 or w < 1:
         raise BitstreamError(f"invalid latent shape {tuple(shape)!r}")
-    if h * w > MAX_LATENT_POSITIONS:
+    return h, w
+
+
+def check_shape(shape, scale: int, max_pixels: int | None = None) -> Tuple[int, int]:
+    """A latent ``(h, w)`` whose image, ``h·scale x w·scale`` pixels, is within ``max_pixels``.
+
+    ``scale`` is the latent's downsampling factor; ``max_pixels`` defaults to
+    :data:`MAX_DECODE_PIXELS`. :class:`BitstreamError` otherwise, naming the limit and how
+    to raise it.
+    """
+    h, w = _latent_shape(shape)
+    limit = MAX_DECODE_PIXELS if max_pixels is None else int(max_pixels)
+    pixels = h * w * int(scale) ** 2
+    if pixels > limit:
         raise BitstreamError(
-            f"latent shape {h}x{w} exceeds the decoder's limit of {MAX_LATENT_POSITIONS} positions "
-            "(encdist.codec.bitstream.MAX_LATENT_POSITIONS)"
+            f"latent shape {h}x{w} is a {w * scale}x{h * scale} image ({pixels} pixels), over the decoder's limit of "
+            f"{limit} pixels: raise it with max_pixels= (encdist-codec decode --max-pixels) if the stream is trusted"
         )
     return h, w
 
@@ -335,7 +441,9 @@ def pack_file(strings: Sequence[Sequence[bytes]], image_size: Tuple[int, int], l
     if any(len(ss) != 1 for ss in lists):
         raise BitstreamError("a file holds one image: each string list must hold one string")
     H, W = (int(v) for v in image_size)
-    h, w = check_shape(latent_shape)
+    h, w = _latent_shape(latent_shape)
+    if max(h, w) > 0xFFFF:
+        raise BitstreamError(f"latent shape {h}x{w} does not fit the file's 2-byte fields")
     if coding not in FILE_CODING:
         raise ValueError(f"coding must be one of {', '.join(FILE_CODING)}, got {coding!r}")
     out = bytearray(_FILE_HEAD.pack(FILE_MAGIC, FORMAT_VERSION, FILE_CODING[coding], fingerprint & 0xFFFFFFFF, H, W, h, w, len(lists)))
@@ -364,7 +472,7 @@ def unpack_file(data: bytes, fingerprint: int | None = None):
     names = {v: k for k, v in FILE_CODING.items()}
     if not (1 <= H <= MAX_IMAGE_SIDE and 1 <= W <= MAX_IMAGE_SIDE) or not 1 <= k <= 8 or coding not in names:
         raise BitstreamError(f"invalid file header (image {W}x{H}, {k} string lists, coding {coding})")
-    check_shape((h, w))
+    _latent_shape((h, w))  # the decoder checks it against its limit (check_shape)
     pos, end, strings = _FILE_HEAD.size, len(data) - _LEN.size, []
     for _ in range(k):
         if pos + _LEN.size > end:

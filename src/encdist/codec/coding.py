@@ -16,17 +16,28 @@ Two things CompressAI does not give us:
   (every decoded symbol reads at most two words, and bypass-coded values at
   most sixteen times the string's own length). A valid stream never reads the
   padding, so decoding is unchanged.
+* **Decoding bounded by the stream.** The padding is sized by the symbols decoded,
+  so a y string is coded as independent substreams of at most
+  :data:`~encdist.codec.bitstream.SUBSTREAM_SYMBOLS` symbols (the format's layout,
+  :mod:`encdist.codec.bitstream`), each padded only when decoding reaches it: the
+  decoder's buffers are one substream's, whatever the image size (and the encoder's
+  too, :class:`BufferedEncoder`). Before anything is allocated, a string is checked to
+  be long enough for the declared number of symbols: its substream lengths, and the
+  fewest bits rANS can spend on them under their tables (:func:`check_capacity`).
 """
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+import math
+import struct
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
 from compressai import ans
 from torch import Tensor
 
+from encdist.codec.bitstream import SUBSTREAM_MIN_BYTES, SUBSTREAM_SYMBOLS, join_substreams, split_substreams
 from encdist.errors import BitstreamError
 
 __all__ = [
@@ -38,6 +49,10 @@ __all__ = [
     "CHUNK_SYMBOLS",
     "BufferedEncoder",
     "encode_with_indexes",
+    "symbol_bits_floor",
+    "table_bits_floor",
+    "index_bits_floor",
+    "check_capacity",
     "decode_with_indexes",
     "StreamDecoder",
     "entropy_bottleneck_decompress",
@@ -46,6 +61,8 @@ __all__ = [
     "pmf_tables",
     "channel_bits",
     "mixed_tables",
+    "gaussian_conditional_compress",
+    "gaussian_conditional_bits_floor",
     "gaussian_conditional_decompress",
 ]
 
@@ -143,64 +160,256 @@ def table_bits(counts: Tensor, cdf: Tensor, precision: int = PRECISION) -> Tenso
 CHUNK_SYMBOLS = 1 << 20
 
 
-class BufferedEncoder:
-    """One rANS stream built from several calls, each with its own tables (``compressai.ans``)."""
+def _flat_chunks(t: Tensor, chunk: int):
+    """``t`` flattened (row-major), as 1-D pieces of at most ``chunk`` elements.
 
-    def __init__(self):
+    Never flattens more than a piece at once: ``indexes.reshape(-1)`` of a broadcast
+    index tensor (one channel index expanded over ``h·w`` positions) would allocate
+    8 bytes per symbol.
+    """
+    if t.numel() <= chunk or t.dim() <= 1:
+        flat = t.reshape(-1)
+        for i in range(0, flat.numel(), chunk):
+            yield flat[i : i + chunk]
+        return
+    row = t[0].numel()
+    if row > chunk:
+        for i in range(t.shape[0]):
+            yield from _flat_chunks(t[i], chunk)
+        return
+    for i in range(0, t.shape[0], chunk // row):
+        yield t[i : i + chunk // row].reshape(-1)
+
+
+#: Largest substream (in coder records: symbols, plus bypass records of escapes) that
+#: ``BufferedRansEncoder.flush`` cannot be trusted with: it writes the stream into a
+#: buffer of one 32-bit word per record, but the final state alone is two words, so one
+#: record (and two records of 16 bits each) writes before the buffer and corrupts the heap
+#: (``EntropyBottleneck.compress`` of a single symbol does). From three records on it
+#: fits: ``W`` renormalization words hold at most the records' bits (16 each at most), so
+#: ``W <= 16·n/32 <= n - 2``. A substream of a few symbols is coded by :func:`_small_rans`.
+_SMALL_SUBSTREAM = 2
+_RANS_L = 1 << 31  # compressai.ans: Rans64's lower bound of the state
+_BYPASS_BITS = 4
+
+
+def _coder_records(symbol: int, cdf: list, length: int, offset: int) -> List[Tuple[int, int, int]]:
+    """``(start, frequency or 0 for a bypass record, bits)`` of one symbol, as ``BufferedRansEncoder`` pushes them."""
+    max_value = length - 2
+    value, raw = symbol - offset, 0
+    if value < 0:
+        raw, value = -2 * value - 1, max_value
+    elif value >= max_value:
+        raw, value = 2 * (value - max_value), max_value
+    out = [(cdf[value], cdf[value + 1] - cdf[value], PRECISION)]
+    if value == max_value:
+        top = (1 << _BYPASS_BITS) - 1
+        n = 0
+        while raw >> (n * _BYPASS_BITS):
+            n += 1
+        val = n
+        while val >= top:
+            out.append((top, 0, _BYPASS_BITS))
+            val -= top
+        out.append((val, 0, _BYPASS_BITS))
+        out += [((raw >> (j * _BYPASS_BITS)) & top, 0, _BYPASS_BITS) for j in range(n)]
+    return out
+
+
+def _small_rans(records: List[Tuple[int, int, int]]) -> bytes:
+    """CompressAI's ``BufferedRansEncoder.flush`` of a few records, in Python (same bytes, no overrun).
+
+    Rans64 (``rans64.h``): records are coded last first from the state ``2**31``; a
+    renormalization writes the state's low word before the ones already written; the
+    final state's two words (low, high) come first; words are little-endian.
+    """
+    x, words = _RANS_L, []
+    for start, freq, bits in reversed(records):
+        scale_freq = freq if freq else 1 << (PRECISION - bits)
+        if x >= ((_RANS_L >> PRECISION) << 32) * scale_freq:
+            words.append(x & 0xFFFFFFFF)
+            x >>= 32
+        x = ((x // freq) << bits) + x % freq + start if freq else (x << bits) | start
+    return struct.pack(f"<{2 + len(words)}I", x & 0xFFFFFFFF, x >> 32, *reversed(words))
+
+
+class BufferedEncoder:
+    """One y string built from several calls, each with its own tables, as rANS substreams.
+
+    Every ``substream_symbols`` symbols (across calls) the range coder is flushed and a
+    new substream starts (:data:`~encdist.codec.bitstream.SUBSTREAM_SYMBOLS`, the format's;
+    another value only for tests): CompressAI's coder buffers every symbol until its flush
+    (a 6-byte record each, plus 4 bytes of output), so this bounds the encoder's memory by
+    one substream. A string of one substream is exactly one ``compressai.ans`` stream
+    (a substream of one or two symbols is coded in Python: :data:`_SMALL_SUBSTREAM`).
+    """
+
+    def __init__(self, substream_symbols: int = SUBSTREAM_SYMBOLS):
+        if int(substream_symbols) < 1:
+            raise ValueError(f"substream_symbols must be >= 1, got {substream_symbols!r}")
+        self.substream_symbols = int(substream_symbols)
+        self._parts: List[bytes] = []
+        self._open()
+
+    def _open(self) -> None:
         self._enc = ans.BufferedRansEncoder()
+        self._count = 0  # symbols in the open substream
+        self._first: List[Tuple[int, int, int]] = []  # its first records, while it may be small
+
+    def _close(self) -> None:
+        if len(self._first) <= _SMALL_SUBSTREAM:
+            self._parts.append(_small_rans(self._first))  # the C++ coder's records are dropped unflushed
+        else:
+            self._parts.append(self._enc.flush())
+        self._open()
 
     def add(self, symbols: list, indexes: list, cdf: list, lengths: list, offsets: list) -> None:
-        self._enc.encode_with_indexes(symbols, indexes, cdf, lengths, offsets)
+        i, n = 0, len(symbols)
+        while i < n:
+            if self._count == self.substream_symbols:  # closed only once more symbols come: no empty last substream
+                self._close()
+            take = min(self.substream_symbols - self._count, n - i)
+            whole = i == 0 and take == n
+            for j in range(i, i + take):
+                if len(self._first) > _SMALL_SUBSTREAM:
+                    break
+                t = indexes[j]
+                self._first += _coder_records(symbols[j], cdf[t], lengths[t], offsets[t])
+            self._enc.encode_with_indexes(symbols if whole else symbols[i : i + take],
+                                          indexes if whole else indexes[i : i + take], cdf, lengths, offsets)
+            self._count += take
+            i += take
 
     def flush(self) -> bytes:
-        return self._enc.flush()
+        self._close()
+        parts, self._parts = self._parts, []
+        return join_substreams(parts)
 
 
 def encode_with_indexes(symbols: Tensor, indexes: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor,
-                        chunk: int = CHUNK_SYMBOLS) -> bytes:
+                        chunk: int = CHUNK_SYMBOLS, substream_symbols: int = SUBSTREAM_SYMBOLS) -> bytes:
     """Range-code one image's symbols; ``indexes`` pick a row of ``cdf`` for each symbol.
 
-    Same bytes as CompressAI's ``RansEncoder.encode_with_indexes`` in one call.
+    Same bytes as CompressAI's ``RansEncoder.encode_with_indexes`` in one call when the
+    symbols fit one substream; more are split into substreams (:class:`BufferedEncoder`).
     """
-    sym, idx = symbols.reshape(-1), indexes.reshape(-1)
-    enc = BufferedEncoder()
+    if symbols.numel() != indexes.numel():
+        raise ValueError(f"{symbols.numel()} symbols but {indexes.numel()} indexes")
+    symbols = symbols.reshape(indexes.shape)  # chunked alike
+    enc = BufferedEncoder(substream_symbols)
     tables, sizes, offs = cdf.tolist(), lengths.reshape(-1).int().tolist(), offsets.reshape(-1).int().tolist()
-    for i in range(0, max(1, sym.numel()), chunk):
-        enc.add(sym[i : i + chunk].int().tolist(), idx[i : i + chunk].int().tolist(), tables, sizes, offs)
+    for sym, idx in zip(_flat_chunks(symbols, chunk), _flat_chunks(indexes, chunk)):
+        enc.add(sym.int().tolist(), idx.int().tolist(), tables, sizes, offs)
     return enc.flush()
 
 
-class StreamDecoder:
-    """Decodes one rANS string in several calls (tables may change in between); safe on any input.
+# ---------------------------------------------------------------------- stream capacity
+def symbol_bits_floor(max_freq, precision: int = PRECISION):
+    """The fewest bits rANS can spend on a symbol of a table whose largest frequency is ``max_freq``.
 
-    ``num_symbols`` is the total number of symbols the string holds: the
-    buffer is padded for that many (see the module docstring), and decoding
-    more is refused.
+    Proof (``compressai.ans``: 64-bit state ``x``, 32-bit words, ``L = 2**31``, CDF total
+    ``M = 2**precision``). Before coding a symbol of frequency ``f`` the encoder's state is
+    ``x >= 2**15·f`` (at least ``L``, or at least ``x_max / 2**32`` just after a renormalization),
+    and coding gives ``x' = (x // f)·M + x % f + start >= x + (x // f)·(M - f)``, so
+
+    .. code-block:: none
+
+        log2(x'/x) >= log2(1 + (M - f)/f · (1 - (f - 1)/x)) >= log2(1 + (M - f)/f · (1 - 2**-15))
+
+    which decreases with ``f``: a table's largest frequency gives the bound for all its
+    symbols. Bypass-coded bits only add to the state. Returns a float64 array like ``max_freq``.
+    """
+    f = np.asarray(max_freq, dtype=np.float64)
+    total = float(1 << precision)
+    return np.log2(1.0 + (total - f) / np.maximum(f, 1.0) * (1.0 - 2.0 ** -15))
+
+
+def table_bits_floor(cdf: Tensor, lengths: Tensor) -> np.ndarray:
+    """:func:`symbol_bits_floor` of each table ``(T, K)`` in CompressAI's layout (``lengths``: used CDF entries)."""
+    cdf = torch.as_tensor(cdf).long()
+    freq = cdf[:, 1:] - cdf[:, :-1]
+    used = torch.arange(freq.shape[1]).view(1, -1) < (torch.as_tensor(lengths).long().view(-1, 1) - 1)
+    return symbol_bits_floor(torch.where(used, freq, torch.zeros_like(freq)).amax(1).clamp_min(1).numpy())
+
+
+def index_bits_floor(indexes: Tensor, floors: np.ndarray, chunk: int = CHUNK_SYMBOLS) -> float:
+    """Σ over the symbols of their table's :func:`table_bits_floor` (``indexes`` pick the table), in chunks."""
+    counts = torch.zeros(len(floors), dtype=torch.float64)
+    for part in _flat_chunks(indexes, chunk):
+        counts += torch.bincount(part.long().clamp(0, len(floors) - 1), minlength=len(floors)).double()
+    return float((counts.numpy() * floors).sum())
+
+
+def check_capacity(string, num_symbols: int, min_bits: float = 0.0, what: str = "bitstream",
+                   substream_symbols: int = SUBSTREAM_SYMBOLS) -> List[Tuple[int, int]]:
+    """Substream bounds of ``string`` (:func:`~encdist.codec.bitstream.split_substreams`), refusing a string
+    too short for ``num_symbols`` symbols whose information is at least ``min_bits`` bits.
+
+    What is proven: from a state of ``2**31`` (the encoder's start) to one below ``2**64``
+    (its flushed final state), each renormalization writing 32 bits (and losing at most
+    ``-log2(1 - 2**-15)`` of the bound of :func:`symbol_bits_floor` to rounding), a
+    substream of ``W`` words after its 8-byte state holds at most ``33·W + 33`` bits of
+    symbol information. Over ``k`` substreams, ``Σ W >= (min_bits - 33·k) / 33``. Any
+    longer declared shape (or tables claiming more bits) than that cannot have been
+    written by this encoder: :class:`BitstreamError`, with nothing allocated for the shape.
+    """
+    if not isinstance(string, (bytes, bytearray)):
+        raise BitstreamError(f"{what}: expected bytes, got {type(string).__name__}")
+    bounds = split_substreams(string, num_symbols, substream_symbols, what)
+    k = len(bounds)
+    words = math.ceil(max(0.0, float(min_bits) - 33 * k) / 33 - 1e-9)
+    need = k * SUBSTREAM_MIN_BYTES + 4 * (k - 1) + 4 * words
+    if len(string) < need:
+        raise BitstreamError(f"{what}: {len(string)} bytes cannot hold {num_symbols} symbols under their tables "
+                             f"(at least {need} bytes); truncated, or a shape larger than the stream's")
+    return bounds
+
+
+class StreamDecoder:
+    """Decodes one y string in several calls (tables may change in between); safe on any input.
+
+    ``num_symbols`` is the total number of symbols the string holds, ``min_bits`` a lower
+    bound on their information under the tables that will decode them
+    (:func:`table_bits_floor`): the string's substreams are checked against both before
+    anything is allocated (:func:`check_capacity`), and decoding more symbols is refused.
+    Each substream gets its own zero-padded buffer when decoding reaches it (see the
+    module docstring), so the padding is sized by one substream, not by the image.
     """
 
-    def __init__(self, string: bytes, num_symbols: int, what: str = "bitstream"):
-        if not isinstance(string, (bytes, bytearray)):
-            raise BitstreamError(f"{what}: expected bytes, got {type(string).__name__}")
-        if len(string) < 8:
-            # A rANS stream always holds at least its 64-bit final state.
-            raise BitstreamError(f"{what}: {len(string)} bytes is too short to be a rANS stream (truncated or empty)")
+    def __init__(self, string: bytes, num_symbols: int, what: str = "bitstream", min_bits: float = 0.0,
+                 substream_symbols: int = SUBSTREAM_SYMBOLS):
         self.left = int(num_symbols)
+        self.what = what
+        self._bounds = check_capacity(string, self.left, min_bits, what, substream_symbols)
+        self._string = string
+        self._substream_symbols = int(substream_symbols)
+        self._next = 0  # substream to open next
+        self._in_substream = 0  # symbols left in the open one
+        self._decoder = None
+
+    def _open(self) -> None:
+        start, end = self._bounds[self._next]
+        self._next += 1
+        self._in_substream = min(self._substream_symbols, self.left)
+        # One zero-padded buffer (the decoder copies it twice more): no temporary concatenation.
+        n = end - start
+        buf = bytearray(n + 16 * n + 8 * self._in_substream + 64)
+        buf[:n] = memoryview(self._string)[start:end]
         self._decoder = ans.RansDecoder()
-        # One zero-padded buffer (the decoder copies it once more): no temporary concatenation.
-        buf = bytearray(len(string) + 16 * len(string) + 8 * self.left + 64)
-        buf[: len(string)] = string
         self._decoder.set_stream(buf)
         del buf
 
     def decode(self, indexes: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor, chunk: int = CHUNK_SYMBOLS,
                dtype: torch.dtype = torch.int64) -> Tensor:
         """The next ``indexes.numel()`` symbols, shaped like ``indexes``, decoded in bounded chunks."""
-        idx = indexes.reshape(-1)
-        out = torch.empty(idx.numel(), dtype=dtype)
+        if indexes.numel() > self.left:
+            raise RuntimeError(f"decoding {indexes.numel()} more symbols than the {self.left} the stream was opened for")
+        out = torch.empty(indexes.numel(), dtype=dtype)
         tables, sizes, offs = cdf.tolist(), lengths.reshape(-1).int().tolist(), offsets.reshape(-1).int().tolist()
-        for i in range(0, idx.numel(), chunk):
-            part = idx[i : i + chunk]
+        i = 0
+        for part in _flat_chunks(indexes, chunk):
             out[i : i + part.numel()] = torch.tensor(self.decode_lists(part.int().tolist(), tables, sizes, offs), dtype=dtype)
+            i += part.numel()
         return out.reshape(indexes.shape)
 
     def decode_lists(self, indexes: list, cdf: list, lengths: list, offsets: list) -> list:
@@ -209,16 +418,34 @@ class StreamDecoder:
             raise RuntimeError(f"decoding {len(indexes)} more symbols than the {self.left} the stream was opened for")
         if len(lengths) != len(cdf) or len(offsets) != len(cdf):
             raise ValueError(f"{len(cdf)} CDF tables but {len(lengths)} lengths and {len(offsets)} offsets")
-        self.left -= len(indexes)
-        return self._decoder.decode_stream(indexes, cdf, lengths, offsets)
+        out, i, n = None, 0, len(indexes)
+        while i < n:
+            if self._in_substream == 0:
+                self._open()
+            take = min(self._in_substream, n - i)
+            values = self._decoder.decode_stream(indexes if take == n else indexes[i : i + take], cdf, lengths, offsets)
+            if take == n:
+                out = values
+            else:
+                out = values if out is None else out + values
+            self._in_substream -= take
+            self.left -= take
+            i += take
+        return [] if out is None else out
 
 
 def decode_with_indexes(
     string: bytes, indexes: Tensor, cdf: Tensor, lengths: Tensor, offsets: Tensor, what: str = "bitstream",
     dtype: torch.dtype = torch.int64,
 ) -> Tensor:
-    """Decode one image's symbols; never reads outside the buffer, whatever ``string`` holds."""
-    return StreamDecoder(string, indexes.numel(), what).decode(indexes, cdf, lengths, offsets, dtype=dtype)
+    """Decode one image's symbols; never reads outside the buffer, whatever ``string`` holds.
+
+    A string too short for ``indexes.numel()`` symbols under these tables is refused before
+    anything the size of the image is allocated (:func:`check_capacity`).
+    """
+    check_capacity(string, indexes.numel(), 0.0, what)  # the layout first, before a pass over the indexes
+    min_bits = index_bits_floor(indexes, table_bits_floor(cdf, lengths))
+    return StreamDecoder(string, indexes.numel(), what, min_bits).decode(indexes, cdf, lengths, offsets, dtype=dtype)
 
 
 def entropy_bottleneck_decompress(eb, strings: Sequence[bytes], size: Sequence[int], what: str = "bitstream") -> Tensor:
@@ -232,13 +459,34 @@ def entropy_bottleneck_decompress(eb, strings: Sequence[bytes], size: Sequence[i
     return symbols.to(medians.device, medians.dtype) + medians
 
 
+def _gc_tables(gc) -> Tuple[Tensor, Tensor, Tensor]:
+    if gc._offset.numel() == 0:
+        raise RuntimeError("gaussian conditional not updated: call model.update() first")
+    return gc._quantized_cdf.cpu(), gc._cdf_length.cpu(), gc._offset.cpu()
+
+
+def gaussian_conditional_compress(gc, inputs: Tensor, indexes: Tensor, means: Tensor | None = None) -> List[bytes]:
+    """``GaussianConditional.compress`` in the format's substreams: CompressAI's bytes when one substream holds them."""
+    if inputs.shape != indexes.shape:
+        raise ValueError(f"inputs {tuple(inputs.shape)} and indexes {tuple(indexes.shape)} differ in shape")
+    symbols = gc.quantize(inputs, "symbols", means).cpu()
+    tables = _gc_tables(gc)
+    return [encode_with_indexes(symbols[i], indexes[i].cpu(), *tables) for i in range(symbols.shape[0])]
+
+
+def gaussian_conditional_bits_floor(gc) -> float:
+    """The fewest bits rANS spends on a symbol under any of ``gc``'s tables (:func:`table_bits_floor`)."""
+    cdf, lengths, _ = _gc_tables(gc)
+    return float(table_bits_floor(cdf, lengths).min())
+
+
 def gaussian_conditional_decompress(gc, strings: Sequence[bytes], indexes: Tensor, means: Tensor | None = None, what: str = "bitstream") -> Tensor:
     """Safe ``GaussianConditional.decompress`` (per-element table indexes)."""
-    cdf, lengths, offsets = gc._quantized_cdf.cpu(), gc._cdf_length.cpu(), gc._offset.cpu()
+    cdf, lengths, offsets = _gc_tables(gc)
     if len(strings) != indexes.shape[0]:
         raise BitstreamError(f"{what}: {len(strings)} strings for {indexes.shape[0]} images")
     symbols = torch.stack(
-        [decode_with_indexes(s, indexes[i].cpu(), cdf, lengths, offsets, what) for i, s in enumerate(strings)]
+        [decode_with_indexes(s, indexes[i].cpu(), cdf, lengths, offsets, what, torch.int32) for i, s in enumerate(strings)]
     ).to(indexes.device)
     return gc.dequantize(symbols, means, torch.float)
 

@@ -96,12 +96,14 @@ def evaluate_image(model, x: Tensor, modes: Sequence[str] = ("adaptive",), pad_m
     h, w = x.shape[-2:]
     x_pad, padding = pad_to_multiple(x, pad_multiple)
     results = {}
+    # Its own streams: the decoder's limit (MAX_DECODE_PIXELS, against forged sizes) is this image's size.
+    limit = {"max_pixels": x_pad.shape[-2] * x_pad.shape[-1]} if hasattr(model, "adaptive_codec") else {}
     for mode in modes:
         kw = coding_options(model, mode)
         t0 = time.perf_counter()
         enc = model.compress(x_pad, **kw)
         t1 = time.perf_counter()
-        dec = model.decompress(enc["strings"], enc["shape"], **kw)
+        dec = model.decompress(enc["strings"], enc["shape"], **kw, **limit)
         t2 = time.perf_counter()
         x_hat = crop_padding(dec["x_hat"], padding).clamp(0, 1)
         if streams is not None:

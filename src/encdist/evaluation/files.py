@@ -44,16 +44,22 @@ def encode_image(model, x, mode: str = "adaptive", pad_multiple: int = 64) -> by
     return pack(model, enc["strings"], enc["shape"], x.shape[-2:], mode)
 
 
-def decode_file(model, data: bytes, pad_multiple: int = 64):
-    """The decoded image ``(1, 3, H, W)`` of a file's bytes."""
+def decode_file(model, data: bytes, pad_multiple: int = 64, max_pixels: int | None = None):
+    """The decoded image ``(1, 3, H, W)`` of a file's bytes; an image over ``max_pixels`` is refused.
+
+    ``max_pixels`` counts the padded image that is decoded
+    (:data:`encdist.codec.bitstream.MAX_DECODE_PIXELS` by default).
+    """
     strings, (H, W), shape, coding = bs.unpack_file(data, bs.model_fingerprint(model))
     kw = {}
     if hasattr(model, "adaptive_codec"):  # the decoder needs to know static and ideal streams; the rest is in them
         kw["options"] = {"adaptive": CodingOptions(), "static": CODING_MODES["static"], "ideal": CODING_MODES["ideal"]}[coding]
+        kw["max_pixels"] = max_pixels
     pad, _ = compute_padding(H, W, min_div=pad_multiple)
     f = int(getattr(model, "downsampling_factor", 1))
     if ((H + pad[2] + pad[3]) // f, (W + pad[0] + pad[1]) // f) != tuple(shape):
         raise BitstreamError(f"file header: a {shape[0]}x{shape[1]} latent does not fit a {W}x{H} image")
+    bs.check_shape(shape, f, max_pixels)  # before any model, ours or CompressAI's, sees the shape
     with torch.no_grad():
         x_hat = model.decompress(strings, shape, **kw)["x_hat"]
     return crop_padding(x_hat, tuple(int(p) for p in pad)).clamp(0, 1).cpu()
@@ -81,9 +87,9 @@ def read_bitstream(path: str | Path):
         raise BitstreamError(f"{path}: {e}") from None
 
 
-def decode_bitstream(model, path: str | Path) -> torch.Tensor:
-    """The image ``(1, 3, H, W)`` that ``model`` decodes from a saved file."""
+def decode_bitstream(model, path: str | Path, max_pixels: int | None = None) -> torch.Tensor:
+    """The image ``(1, 3, H, W)`` that ``model`` decodes from a saved file (``max_pixels``: :func:`decode_file`)."""
     try:
-        return decode_file(model, Path(path).read_bytes())
+        return decode_file(model, Path(path).read_bytes(), max_pixels=max_pixels)
     except BitstreamError as e:
         raise BitstreamError(f"{path}: {e}") from None

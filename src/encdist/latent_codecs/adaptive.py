@@ -51,8 +51,11 @@ backward adaptation is :mod:`encdist.codec.backward`; the encoder's choice of mo
 :func:`~encdist.latent_codecs.mode_search.choose_mode`. How to code is a
 :class:`~encdist.latent_codecs.options.CodingOptions` passed in (``codec.options``
 by default): this class only coordinates. Decoding refuses any malformed input with
-:class:`~encdist.errors.BitstreamError` before a large allocation, and is bounded by
-:data:`encdist.codec.bitstream.MAX_LATENT_POSITIONS`.
+:class:`~encdist.errors.BitstreamError` before a large allocation: a latent whose image
+is over ``max_pixels`` (:data:`encdist.codec.bitstream.MAX_DECODE_PIXELS` by default),
+more than :data:`~encdist.codec.bitstream.MAX_DECODE_IMAGES` images, or a ``y`` string
+too short for the declared shape under its tables
+(:func:`~encdist.codec.coding.check_capacity`).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ from encdist.codec.backward import BackwardAdaptation
 from encdist.codec.bitstream import MODE_ADAPTIVE, MODE_BACKWARD, MODE_MIXED, MODE_STATIC
 from encdist.codec.coding import (
     StreamDecoder,
+    check_capacity,
     channel_bits,
     decode_with_indexes,
     encode_with_indexes,
@@ -354,9 +358,7 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
                 mode, y_string, payload = self._compress_one(o, symbols[i], None if p is None else p[i], static)
                 y_strings.append(y_string)
                 pdf_strings.append(bs.write_side(seed, mode, payload, symbols[i], len(y_string)))
-        y_hat = symbols.to(y.dtype)
-        y_hat += self._medians().cpu().view(1, -1, 1, 1)
-        return {"strings": [y_strings, pdf_strings], "shape": shape, "y_hat": y_hat.to(y.device)}
+        return {"strings": [y_strings, pdf_strings], "shape": shape, "y_hat": self._dequantize(symbols, y.dtype).to(y.device)}
 
     def _compress_one(self, o: CodingOptions, sym: Tensor, p: Tensor | None, static):
         """``(mode, y string, payload)`` of one image's symbols ``(C, h, w)``."""
@@ -402,25 +404,46 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
 
     # ------------------------------------------------------------------ decompress
     def decompress(self, strings: List[List[bytes]], shape: Sequence[int],
-                   options: CodingOptions | str | None = None, **kwargs) -> Dict[str, Any]:
+                   options: CodingOptions | str | None = None, max_pixels: int | None = None, scale: int = 16,
+                   **kwargs) -> Dict[str, Any]:
         """``{"y_hat"}`` from ``strings`` and ``shape``; malformed input raises :class:`BitstreamError`.
 
         Only ``options.ideal`` matters here: the rest, the static baseline included, is in the mode byte.
+        ``shape`` is refused if its image (``scale``: pixels per latent position a side,
+        16 for ``y`` of CompressAI's transforms) is over ``max_pixels``
+        (:func:`encdist.codec.bitstream.check_shape`), and every ``y`` string is checked
+        against the shape (its substream lengths) before any image is decoded.
         """
         o = resolve_options(options, self.options)
         y_strings, pdf_strings = bs.check_strings(strings, 2)
-        shape = bs.check_shape(shape)
+        shape = bs.check_shape(shape, scale, max_pixels)
+        num_symbols = self.channels * shape[0] * shape[1]
+        for y_string in y_strings:
+            check_capacity(y_string, num_symbols, 0.0, "y stream")
         static = static_tables(self.entropy_bottleneck)
         device = self.entropy_bottleneck.quantiles.device
-        out = []
+        out: List[Tensor] = []
         for y_string, pdf_string in zip(y_strings, pdf_strings):
             # The mode byte says how to decode (a static stream is MODE_STATIC): options only set ``ideal``.
             out.append(self._decompress_one(o, y_string, pdf_string, shape, static))
         symbols = out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
-        y_hat = symbols.to(device=device, dtype=self.entropy_bottleneck.quantiles.dtype)
-        del symbols, out
-        y_hat += self._medians().view(1, -1, 1, 1)
-        return {"y_hat": y_hat}
+        del out
+        return {"y_hat": self._dequantize(symbols, self.entropy_bottleneck.quantiles.dtype).to(device)}
+
+    def _dequantize(self, symbols: Tensor, dtype: torch.dtype) -> Tensor:
+        """``symbols + medians`` as ``dtype``, on the CPU; consumes ``symbols`` (int32, ``(n, C, h, w)``).
+
+        In float32 the symbols' buffer becomes the result's (the same size), channel chunk
+        by channel chunk, with the same values as ``symbols.float() + medians``: encoder
+        and decoder never hold two latent-sized tensors for it.
+        """
+        medians = self._medians().cpu().view(1, -1, 1, 1)
+        if dtype != torch.float32 or symbols.dtype != torch.int32 or not symbols.is_contiguous():
+            return symbols.to(dtype) + medians.to(dtype)
+        y_hat = symbols.view(torch.float32)
+        for c in self._chunks():
+            y_hat[:, c] = symbols[:, c].float() + medians[:, c]
+        return y_hat
 
     def _decompress_one(self, o: CodingOptions, y_string: bytes, pdf_string: bytes, shape, static) -> Tensor:
         side = bs.parse_side(pdf_string, self.channels, self.num_bins, o.ideal)
@@ -439,7 +462,8 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             lo, length = (t.numpy() for t in table_support(self.entropy_bottleneck, self.num_bins))
             freqs, b_lo, b_len = self.adaptation.base_freqs(starts, lo, length, side.radius)
             base = freqs[0] if adaptive is None else np.where(use[:, None], freqs[1], freqs[0])
-            decoder = StreamDecoder(y_string, self.channels * shape[0] * shape[1], "y stream")
+            min_bits = shape[0] * shape[1] * float(self.adaptation.bits_floor(b_len).sum())
+            decoder = StreamDecoder(y_string, self.channels * shape[0] * shape[1], "y stream", min_bits)
             sym = torch.from_numpy(self.adaptation.decode(decoder, shape, base, b_lo, b_len))
         else:
             tables = static if adaptive is None else mixed_tables(torch.from_numpy(use), adaptive, static)

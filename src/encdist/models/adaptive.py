@@ -28,6 +28,12 @@ Outputs: ``forward`` gives ``{"x_hat", "likelihoods": {..., "pdf"}, "p",
 runner uses to skip a frozen ``g_s`` in training steps); ``compress`` gives
 ``{"strings", "shape"}`` with the side strings last; ``decompress(strings,
 shape)`` gives ``{"x_hat"}``.
+
+Decoding is bounded before it starts: ``decompress(..., max_pixels=N)`` refuses a
+shape whose image is over ``N`` pixels (:data:`encdist.codec.bitstream.MAX_DECODE_PIXELS`
+by default), for the hyperprior models on ``z`` and ``y`` alike, and every stream is
+checked against the declared shape before anything of that size is allocated. The
+synthesis transform runs in tiles on large latents (:meth:`AdaptiveModelMixin.synthesize`).
 """
 
 from __future__ import annotations
@@ -40,7 +46,13 @@ from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperpr
 from compressai.models.base import get_scale_table
 from torch import Tensor
 
-from encdist.codec.coding import gaussian_conditional_decompress
+from encdist.codec import bitstream as bs
+from encdist.codec.coding import (
+    check_capacity,
+    gaussian_conditional_bits_floor,
+    gaussian_conditional_compress,
+    gaussian_conditional_decompress,
+)
 from encdist.errors import BitstreamError, CheckpointError
 from encdist.latent_codecs import AdaptiveEntropyBottleneckLatentCodec
 from encdist.registry import register_model
@@ -179,9 +191,42 @@ class AdaptiveModelMixin:
 
     @staticmethod
     def _check_strings(strings, count: int) -> None:
-        from encdist.codec.bitstream import check_strings
+        bs.check_strings(strings, count)
 
-        check_strings(strings, count)
+    # ---------------------------------------------------------------- synthesis
+    #: Latent positions a side above which ``g_s`` runs in tiles of this size (1024x1024 pixels at 16x).
+    SYNTHESIS_TILE = 64
+    #: Latent positions each tile reads beyond its own on every side: ``g_s``'s receptive field.
+    #: CompressAI's ``g_s`` is four transposed convolutions (kernel 5, stride 2, padding 2),
+    #: each output depending on inputs within ±1 of its position / 2, and pointwise (I)GDNs:
+    #: a pixel depends on latent positions within ±(1 + 1/2 + 1/4 + 1/8) < 2 of its own.
+    SYNTHESIS_HALO = 2
+
+    def synthesize(self, y_hat: Tensor, tile: int | None = None) -> Tensor:
+        """``g_s(y_hat)``, in overlapping tiles when the latent is larger than ``tile`` (:attr:`SYNTHESIS_TILE`) a side.
+
+        Beyond a tile, ``g_s``'s activations (``N`` channels at half the image's size, with
+        the (I)GDNs' temporaries: gigabytes at 8K) would grow with the image; in tiles, only
+        the output does. Each tile is decoded with :attr:`SYNTHESIS_HALO` latent positions
+        of context a side, so it is the whole-image result up to float rounding (convolution
+        kernels chosen by size sum in another order: about 1e-6 here, exact in float64).
+        """
+        T, H = int(tile or self.SYNTHESIS_TILE), self.SYNTHESIS_HALO
+        h, w = y_hat.shape[-2:]
+        if h <= T and w <= T:
+            return self.g_s(y_hat)
+        out, f = None, None
+        for r0 in range(0, h, T):
+            for c0 in range(0, w, T):
+                r1, c1 = min(h, r0 + T), min(w, c0 + T)
+                a0, b0 = max(0, r0 - H), max(0, c0 - H)
+                tile = self.g_s(y_hat[..., a0 : min(h, r1 + H), b0 : min(w, c1 + H)])
+                if out is None:
+                    f = tile.shape[-1] // (min(w, c1 + H) - b0)  # the transform's upsampling
+                    out = tile.new_empty(*tile.shape[:-2], h * f, w * f)
+                out[..., r0 * f : r1 * f, c0 * f : c1 * f] = tile[..., (r0 - a0) * f : (r1 - a0) * f, (c0 - b0) * f : (c1 - b0) * f]
+                del tile
+        return out
 
 
 @register_model("bmshj2018-factorized-pdf")
@@ -219,10 +264,12 @@ class FactorizedPriorPdf(AdaptiveModelMixin, FactorizedPrior):
         out = self.adaptive_codec.compress(self.g_a(x), options)
         return {"strings": out["strings"], "shape": out["shape"]}
 
-    def decompress(self, strings, shape, options=None) -> Dict[str, Any]:
+    def decompress(self, strings, shape, options=None, max_pixels: int | None = None) -> Dict[str, Any]:
+        """``{"x_hat"}``; a shape whose image is over ``max_pixels`` is refused (:data:`~encdist.codec.bitstream.MAX_DECODE_PIXELS`)."""
         self._check_strings(strings, 2)
-        y_hat = self.adaptive_codec.decompress(strings, shape, options)["y_hat"]
-        return {"x_hat": self.g_s(y_hat).clamp_(0, 1)}
+        y_hat = self.adaptive_codec.decompress(strings, shape, options, max_pixels=max_pixels,
+                                               scale=self.downsampling_factor)["y_hat"]
+        return {"x_hat": self.synthesize(y_hat).clamp_(0, 1)}
 
 
 class _HyperpriorPdf(AdaptiveModelMixin):
@@ -256,18 +303,34 @@ class _HyperpriorPdf(AdaptiveModelMixin):
         z_out = self.adaptive_codec.compress(self.h_a(self._h_a_input(y)), options)
         scales, means = self._gaussian_params(z_out["y_hat"])
         indexes = self.gaussian_conditional.build_indexes(scales)
-        y_strings = self.gaussian_conditional.compress(y, indexes, means=means)
+        y_strings = gaussian_conditional_compress(self.gaussian_conditional, y, indexes, means)
         z_strings, pdf_strings = z_out["strings"]
         return {"strings": [y_strings, z_strings, pdf_strings], "shape": z_out["shape"]}
 
-    def decompress(self, strings, shape, options=None) -> Dict[str, Any]:
-        self._check_strings(strings, 3)
-        y_strings, z_strings, pdf_strings = strings
-        z_hat = self.adaptive_codec.decompress([z_strings, pdf_strings], shape, options)["y_hat"]
+    #: Downsampling of ``y`` (``g_a``'s four stride-2 layers); ``z`` is ``downsampling_factor`` (64), 4x less a side.
+    Y_FACTOR = 16
+
+    def decompress(self, strings, shape, options=None, max_pixels: int | None = None) -> Dict[str, Any]:
+        """``{"x_hat"}``; ``max_pixels`` bounds ``z``'s image and so ``y``'s, which is the same image.
+
+        ``shape`` is ``z``'s; ``y`` is ``downsampling_factor / 16`` times larger a side, so
+        its image, checked again at 16x, is the same number of pixels. Each ``y`` string is
+        checked against ``y``'s size (substream lengths, and the bits of the cheapest table)
+        before ``z`` is decoded and ``h_s`` allocates anything of that size.
+        """
+        y_strings, z_strings, pdf_strings = bs.check_strings(strings, 3)
+        zh, zw = bs.check_shape(shape, self.downsampling_factor, max_pixels)
+        k = self.downsampling_factor // self.Y_FACTOR
+        yh, yw = bs.check_shape((zh * k, zw * k), self.Y_FACTOR, max_pixels)
+        floor = gaussian_conditional_bits_floor(self.gaussian_conditional)
+        for s in y_strings:
+            check_capacity(s, self.M * yh * yw, floor * self.M * yh * yw, "y stream")
+        z_hat = self.adaptive_codec.decompress([z_strings, pdf_strings], (zh, zw), options, max_pixels=max_pixels,
+                                               scale=self.downsampling_factor)["y_hat"]
         scales, means = self._gaussian_params(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_hat = gaussian_conditional_decompress(self.gaussian_conditional, y_strings, indexes, means, "y stream")
-        return {"x_hat": self.g_s(y_hat).clamp_(0, 1)}
+        return {"x_hat": self.synthesize(y_hat).clamp_(0, 1)}
 
 
 @register_model("bmshj2018-hyperprior-pdf")
