@@ -9,7 +9,7 @@ and optimizer), the usual CompressAI ladder.
 
 Each stage writes ``weights/bmshj2018-factorized-N128-M192-q<q>.pth.tar`` (float16 state
 dict) and its entry in ``weights/MANIFEST.json``: SHA-256, quality, λ, steps, the stage it
-started from, the exact command, the training run's test-split RD point and its valid
+started from, the exact command, the code's git version, the training run's test-split RD point and its valid
 PSNR after every epoch. A stage whose file is present and matches its checksum is skipped,
 so the command retrains only what is missing.
 
@@ -54,12 +54,15 @@ class Stage:
 
 
 #: The recipe, in order (a stage's ``init`` comes before it). 250 steps per epoch.
+#: q1 widens the family's PSNR span downwards: a step down the ladder from q3, where the
+#: rate term moves the PSNR quickly.
 FAMILY: Sequence[Stage] = (
     Stage(quality=6, epochs=16, lr=1e-3),
     Stage(quality=7, epochs=3, lr=3e-4, init=6),
     Stage(quality=5, epochs=3, lr=3e-4, init=6),
     Stage(quality=4, epochs=3, lr=3e-4, init=5),
     Stage(quality=3, epochs=3, lr=3e-4, init=5),
+    Stage(quality=1, epochs=3, lr=3e-4, init=3),
 )
 
 
@@ -120,6 +123,16 @@ def _history(run_root: Path) -> List[dict]:
     return rows
 
 
+def _code_version() -> str:
+    """``git describe --always --dirty`` of the checkout this recipe runs from, or ``"unknown"``."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def train_stage(stage: Stage, folder: Path, work: Path, threads: int, extra: Sequence[str] = ()) -> dict:
     from encdist.training.aim_logger import new_run_hash
 
@@ -165,6 +178,7 @@ def train_stage(stage: Stage, folder: Path, work: Path, threads: int, extra: Seq
             shlex.quote(a.replace(str(folder), "weights")) for a in args if not a.startswith(_RUN_LOCAL)
         ),
         "train_minutes": round(minutes, 1),
+        "code": _code_version(),
         "threads": threads,
         "test_split_float32": {k: infer[k][0] for k in ("bpp", "psnr-rgb", "ms-ssim") if k in infer},
         "valid_history": history,
