@@ -30,6 +30,7 @@ from encdist.errors import CheckpointError, EncdistError
 from encdist.datasets import pad_to_multiple
 from encdist.evaluation.evaluate import evaluate_image, mean_metrics
 from encdist.evaluation.results import save_results
+from encdist.provenance import code_version
 from encdist.training.losses import split_bpp
 
 __all__ = ["BaseRunner", "InferenceOptions", "NonFiniteLossError"]
@@ -343,6 +344,7 @@ class BaseRunner(dl.Runner):
             "dataset": str((self.conf.dataset.infer.get("meta") or {}).get("name", "infer")),
             "num_images": len(self.infer_rows),
             "epoch": self.epoch_step,
+            "code": code_version(),  # the git version of the code that made these numbers
         }
         out = Path(self.conf.paths.results)
         save_results(out / "infer.json", name, {k: [v] for k, v in point.items()}, description=f"{name} run {self.run_hash}", meta=meta)

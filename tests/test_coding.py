@@ -20,6 +20,7 @@ from encdist.codec.coding import (
     decode_with_indexes,
     encode_with_indexes,
     entropy_bottleneck_decompress,
+    gaussian_conditional_compress,
     gaussian_conditional_decompress,
     quantized_cdf_table,
     table_bits,
@@ -211,10 +212,16 @@ def test_safe_decompress_matches_compressai():
     scales = torch.rand(2, 3, 4, 4) * 8 + 0.2
     means = torch.randn(2, 3, 4, 4)
     indexes = gc.build_indexes(scales)
-    s = gc.compress(y, indexes, means=means)
-    assert torch.equal(gaussian_conditional_decompress(gc, s, indexes, means), gc.decompress(s, indexes, means=means))
+    stock = gc.compress(y, indexes, means=means)
+    s = gaussian_conditional_compress(gc, y, indexes, means)
+    assert [x[4:] for x in s] == stock  # CompressAI's bytes behind the symbols' crc32
+    assert torch.equal(gaussian_conditional_decompress(gc, s, indexes, means), gc.decompress(stock, indexes, means=means))
     with pytest.raises(BitstreamError, match="strings for"):
         gaussian_conditional_decompress(gc, s[:1], indexes, means)
+    with pytest.raises(BitstreamError, match="checksum"):  # other scales decode other symbols: refused
+        gaussian_conditional_decompress(gc, s, gc.build_indexes(scales * 3), means)
+    with pytest.raises(BitstreamError, match="checksum"):
+        gaussian_conditional_decompress(gc, [s[0][:3], s[1]], indexes, means)
 
 
 # ---------------------------------------------------------------- hostile input, in a subprocess

@@ -94,6 +94,9 @@ def test_results_json(trained):
     res = load_results(trained.run / "results" / "infer.json")
     assert res["name"] == MODEL_NAME
     assert res["meta"]["run_hash"] == trained.hash and res["meta"]["num_images"] == 2
+    from encdist.provenance import code_version
+
+    assert res["meta"]["code"] == code_version() and res["meta"]["code"]  # which code made these numbers
     r = res["results"]
     for key in RESULT_KEYS + tuple(f"{k}_{m}" for k in RESULT_KEYS for m in MODES):
         assert key in r, key

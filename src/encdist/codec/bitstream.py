@@ -7,7 +7,9 @@ self-describing file that ``encdist-codec`` writes. :data:`FORMAT_VERSION` names
 format; golden-bytes tests (``tests/test_bitstream.py``) pin it, so a change of bytes
 fails them until the version is raised.
 
-Per image, the latent codec returns ``strings = [y_strings, pdf_strings]``:
+Per image, the latent codec returns ``strings = [y_strings, pdf_strings]`` (hyperprior models put
+their ``GaussianConditional`` ``y`` strings first, each behind the crc32 of its symbols,
+:func:`checked_string`):
 
 .. code-block:: none
 
@@ -164,6 +166,33 @@ def checksum(seed: int, mode: int, y_length: int, payload: bytes, symbols) -> in
 def write_side(seed: int, mode: int, payload: bytes, symbols, y_length: int) -> bytes:
     """One image's pdf string: header, then ``payload``."""
     return _HEADER.pack(mode, checksum(seed, mode, y_length, payload, symbols)) + payload
+
+
+#: A hyperprior model's ``y`` string (``GaussianConditional``) starts with the crc32 of its decoded
+#: symbols (4 bytes, big-endian), so that it is checked like every other stream. Its tables are
+#: CompressAI's stored ones, but their indexes come from ``h_s`` in float: a decoder that computes
+#: them differently is refused here instead of decoding garbage.
+CHECKED_PREFIX = 4
+
+
+def checked_string(string: bytes, symbols) -> bytes:
+    """``string`` behind the crc32 of the ``symbols`` it holds."""
+    return struct.pack(">I", zlib.crc32(np.ascontiguousarray(np.asarray(symbols), dtype=np.int32))) + string
+
+
+def split_checked(data, what: str = "y stream") -> Tuple[int, bytes]:
+    """``(crc, string)`` of a checked string; :class:`BitstreamError` if it cannot hold its checksum."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise BitstreamError(f"{what}: expected bytes, got {type(data).__name__}")
+    if len(data) < CHECKED_PREFIX:
+        raise BitstreamError(f"{what}: {len(data)} bytes is shorter than its checksum")
+    return struct.unpack_from(">I", data)[0], bytes(data[CHECKED_PREFIX:])
+
+
+def check_symbols(crc: int, symbols, what: str = "y stream") -> None:
+    if zlib.crc32(np.ascontiguousarray(np.asarray(symbols), dtype=np.int32)) != crc:
+        raise BitstreamError(f"{what}: checksum mismatch: corrupt or truncated, made by another model, or its "
+                             "scales were computed differently by this decoder's h_s")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,15 @@ import torch
 from compressai import ans
 from torch import Tensor
 
-from encdist.codec.bitstream import SUBSTREAM_MIN_BYTES, SUBSTREAM_SYMBOLS, join_substreams, split_substreams
+from encdist.codec.bitstream import (
+    SUBSTREAM_MIN_BYTES,
+    SUBSTREAM_SYMBOLS,
+    check_symbols,
+    checked_string,
+    join_substreams,
+    split_checked,
+    split_substreams,
+)
 from encdist.errors import BitstreamError
 
 __all__ = [
@@ -466,12 +474,16 @@ def _gc_tables(gc) -> Tuple[Tensor, Tensor, Tensor]:
 
 
 def gaussian_conditional_compress(gc, inputs: Tensor, indexes: Tensor, means: Tensor | None = None) -> List[bytes]:
-    """``GaussianConditional.compress`` in the format's substreams: CompressAI's bytes when one substream holds them."""
+    """``GaussianConditional.compress`` in the format: the symbols' crc32, then CompressAI's bytes in substreams.
+
+    :func:`encdist.codec.bitstream.checked_string`: the same bytes as CompressAI's behind a
+    4-byte checksum, when one substream holds them.
+    """
     if inputs.shape != indexes.shape:
         raise ValueError(f"inputs {tuple(inputs.shape)} and indexes {tuple(indexes.shape)} differ in shape")
     symbols = gc.quantize(inputs, "symbols", means).cpu()
     tables = _gc_tables(gc)
-    return [encode_with_indexes(symbols[i], indexes[i].cpu(), *tables) for i in range(symbols.shape[0])]
+    return [checked_string(encode_with_indexes(symbols[i], indexes[i].cpu(), *tables), symbols[i]) for i in range(symbols.shape[0])]
 
 
 def gaussian_conditional_bits_floor(gc) -> float:
@@ -481,14 +493,17 @@ def gaussian_conditional_bits_floor(gc) -> float:
 
 
 def gaussian_conditional_decompress(gc, strings: Sequence[bytes], indexes: Tensor, means: Tensor | None = None, what: str = "bitstream") -> Tensor:
-    """Safe ``GaussianConditional.decompress`` (per-element table indexes)."""
+    """Safe ``GaussianConditional.decompress`` (per-element table indexes) of checked strings (:func:`gaussian_conditional_compress`)."""
     cdf, lengths, offsets = _gc_tables(gc)
     if len(strings) != indexes.shape[0]:
         raise BitstreamError(f"{what}: {len(strings)} strings for {indexes.shape[0]} images")
-    symbols = torch.stack(
-        [decode_with_indexes(s, indexes[i].cpu(), cdf, lengths, offsets, what, torch.int32) for i, s in enumerate(strings)]
-    ).to(indexes.device)
-    return gc.dequantize(symbols, means, torch.float)
+    out = []
+    for i, s in enumerate(strings):
+        crc, string = split_checked(s, what)
+        sym = decode_with_indexes(string, indexes[i].cpu(), cdf, lengths, offsets, what, torch.int32)
+        check_symbols(crc, sym, what)
+        out.append(sym)
+    return gc.dequantize(torch.stack(out).to(indexes.device), means, torch.float)
 
 
 # ---------------------------------------------------------------------- per-channel tables

@@ -324,7 +324,7 @@ class _HyperpriorPdf(AdaptiveModelMixin):
         yh, yw = bs.check_shape((zh * k, zw * k), self.Y_FACTOR, max_pixels)
         floor = gaussian_conditional_bits_floor(self.gaussian_conditional)
         for s in y_strings:
-            check_capacity(s, self.M * yh * yw, floor * self.M * yh * yw, "y stream")
+            check_capacity(bs.split_checked(s, "y stream")[1], self.M * yh * yw, floor * self.M * yh * yw, "y stream")
         z_hat = self.adaptive_codec.decompress([z_strings, pdf_strings], (zh, zw), options, max_pixels=max_pixels,
                                                scale=self.downsampling_factor)["y_hat"]
         scales, means = self._gaussian_params(z_hat)

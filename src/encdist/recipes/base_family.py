@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from encdist.errors import CheckpointError, EncdistError
+from encdist.provenance import code_version
 from encdist.quality import QUALITY_LMBDA
 
 __all__ = ["Stage", "FAMILY", "weights_dir", "weights_path", "load_manifest", "verify", "run", "main"]
@@ -123,16 +124,6 @@ def _history(run_root: Path) -> List[dict]:
     return rows
 
 
-def _code_version() -> str:
-    """``git describe --always --dirty`` of the checkout this recipe runs from, or ``"unknown"``."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def train_stage(stage: Stage, folder: Path, work: Path, threads: int, extra: Sequence[str] = ()) -> dict:
     from encdist.training.aim_logger import new_run_hash
 
@@ -178,7 +169,7 @@ def train_stage(stage: Stage, folder: Path, work: Path, threads: int, extra: Seq
             shlex.quote(a.replace(str(folder), "weights")) for a in args if not a.startswith(_RUN_LOCAL)
         ),
         "train_minutes": round(minutes, 1),
-        "code": _code_version(),
+        "code": code_version(),
         "threads": threads,
         "test_split_float32": {k: infer[k][0] for k in ("bpp", "psnr-rgb", "ms-ssim") if k in infer},
         "valid_history": history,
