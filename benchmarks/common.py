@@ -152,8 +152,15 @@ def train_command() -> List[str]:
 
 
 def completed_runs(root: Path) -> Dict[float, Path]:
-    """λ -> run folder of adaptive runs under ``root`` that finished all their epochs (latest wins)."""
+    """λ -> run folder of adaptive runs under ``root`` that finished all their epochs with this code (latest wins).
+
+    A run made by other code (``infer.json``'s ``meta.code``, :func:`encdist.provenance.code_version`,
+    unless this checkout's version is unknown) is not reused: the benchmark retrains it, so that
+    every number of a report comes from the code that wrote the report.
+    """
     from omegaconf import OmegaConf
+
+    from encdist.provenance import code_version
 
     from encdist.training.checkpoint import safe_load
     from encdist.training.run_folder import LAST, RunFolder
@@ -168,6 +175,10 @@ def completed_runs(root: Path) -> Dict[float, Path]:
         try:
             conf = OmegaConf.load(cfg)
             state = safe_load(ckpt)
+            infer = folder.root / "results" / "infer.json"
+            made_by = json.loads(infer.read_text()).get("meta", {}).get("code") if infer.is_file() else None
+            if code_version() != "unknown" and made_by != code_version():
+                continue
             if int(state.get("epoch", 0)) >= int(conf.engine.num_epochs):
                 out[float(conf.criterion.lmbda)] = d
         except Exception:
