@@ -63,6 +63,7 @@ __all__ = [
     "check_capacity",
     "decode_with_indexes",
     "StreamDecoder",
+    "entropy_bottleneck_symbols",
     "entropy_bottleneck_decompress",
     "static_tables",
     "table_support",
@@ -456,13 +457,16 @@ def decode_with_indexes(
     return StreamDecoder(string, indexes.numel(), what, min_bits).decode(indexes, cdf, lengths, offsets, dtype=dtype)
 
 
+def entropy_bottleneck_symbols(eb, strings: Sequence[bytes], size: Sequence[int], what: str = "bitstream") -> Tensor:
+    """The integer symbols ``(n, C, *size)`` of ``EntropyBottleneck`` strings, decoded with its stored tables, safely."""
+    indexes = torch.arange(eb.channels).view(-1, *([1] * len(size))).expand(-1, *size)
+    tables = static_tables(eb)
+    return torch.stack([decode_with_indexes(s, indexes, *tables, what) for s in strings])
+
+
 def entropy_bottleneck_decompress(eb, strings: Sequence[bytes], size: Sequence[int], what: str = "bitstream") -> Tensor:
     """Safe ``EntropyBottleneck.decompress``: same result, but corrupt strings raise :class:`BitstreamError`."""
-    if eb._offset.numel() == 0:
-        raise RuntimeError("entropy bottleneck not updated: call model.update() first")
-    indexes = torch.arange(eb.channels).view(-1, *([1] * len(size))).expand(-1, *size)
-    cdf, lengths, offsets = eb._quantized_cdf.cpu(), eb._cdf_length.cpu(), eb._offset.cpu()
-    symbols = torch.stack([decode_with_indexes(s, indexes, cdf, lengths, offsets, what) for s in strings])
+    symbols = entropy_bottleneck_symbols(eb, strings, size, what)
     medians = eb.quantiles[:, 0, 1].detach().view(1, -1, *([1] * len(size)))
     return symbols.to(medians.device, medians.dtype) + medians
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck
 from torch import Tensor
 
-from encdist.codec.coding import decode_with_indexes, entropy_bottleneck_decompress
+from encdist.codec.coding import entropy_bottleneck_decompress, entropy_bottleneck_symbols
 from encdist.codec.fixed_point import ACT_BITS, FixedPointNet, integer_softmax_weights, to_fixed
 from encdist.registry import register_module
 
@@ -236,12 +236,7 @@ class PdfModel(nn.Module):
         within the rounding of 16 fractional bits.
         """
         shape = tuple(shape) if shape is not None else (self.latent_length,)
-        eb = self.entropy_bottleneck
-        if eb._offset.numel() == 0:
-            raise RuntimeError("side entropy bottleneck not updated: call model.update() first")
-        indexes = torch.arange(eb.channels).view(-1, *([1] * len(shape))).expand(-1, *shape)
-        tables = (eb._quantized_cdf.cpu(), eb._cdf_length.cpu(), eb._offset.cpu())
-        symbols = np.stack([decode_with_indexes(s, indexes, *tables, "pdf stream").numpy() for s in strings])
+        symbols = entropy_bottleneck_symbols(self.entropy_bottleneck, strings, shape, "pdf stream").numpy()
         lim = self.INTEGER_SYMBOL_LIMIT
         v = np.clip(symbols, -lim, lim) << ACT_BITS
         v = v + to_fixed(self._side_medians().cpu(), ACT_BITS)
