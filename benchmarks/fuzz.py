@@ -22,15 +22,13 @@ WAYS = ("default", "paper", "fallback", "static_backward", "pdf_backward", "idea
 
 
 def main() -> int:
-    from real_latents import real_latent, real_model, real_symbols
+    from real_latents import real_latent, real_model, real_symbols, symbols_of, ways_of_coding
 
     from encdist.errors import BitstreamError
-    from encdist.latent_codecs import CODING_MODES, CodingOptions
 
-    options = dict(CODING_MODES, pdf_backward=CodingOptions(fallback_static=False))
+    options = ways_of_coding()
     codec = real_model().adaptive_codec
     y, truth = real_latent(codec), real_symbols()
-    med = codec.entropy_bottleneck.quantiles[:, 0, 1].detach().view(1, -1, 1, 1)
     total = {"refused": 0, "same symbols": 0, "wrong": 0}
     for way in WAYS:
         with torch.no_grad():
@@ -50,7 +48,7 @@ def main() -> int:
                 except BitstreamError:
                     count["refused"] += 1
                     continue
-                count["same symbols" if torch.equal((y_hat - med).round().long(), truth) else "wrong"] += 1
+                count["same symbols" if torch.equal(symbols_of(codec, y_hat), truth) else "wrong"] += 1
         print(f"{way}: y {len(ys)} bytes, side {len(ps)} bytes, {count}", flush=True)
         for k in total:
             total[k] += count[k]

@@ -58,6 +58,22 @@ def real_codec(**options):
     return codec.eval()
 
 
+def ways_of_coding() -> dict:
+    """Every way of coding by name: ``CODING_MODES`` and backward adaptation started from p̂ without the fallback."""
+    from encdist.latent_codecs import CODING_MODES, CodingOptions
+
+    return dict(CODING_MODES, pdf_backward=CodingOptions(fallback_static=False))
+
+
+def _medians(codec) -> torch.Tensor:
+    return codec.entropy_bottleneck.quantiles[:, 0, 1].detach().view(1, -1, 1, 1)
+
+
+def symbols_of(codec, y_hat: torch.Tensor) -> torch.Tensor:
+    """The integer symbols ``y_hat - medians`` (CPU, int64) of a latent ``codec`` decoded or coded."""
+    return (y_hat - _medians(codec)).round().long().cpu()
+
+
 def real_symbols() -> torch.Tensor:
     """``(1, 192, 16, 16)`` int symbols of the fixture's latent."""
     return torch.load(FIXTURE, weights_only=True)["symbols"].long().unsqueeze(0)
@@ -65,8 +81,7 @@ def real_symbols() -> torch.Tensor:
 
 def real_latent(codec) -> torch.Tensor:
     """The fixture's latent ``y = symbols + medians`` (float32), exactly what ``g_a`` gave once rounded."""
-    med = codec.entropy_bottleneck.quantiles[:, 0, 1].detach().view(1, -1, 1, 1)
-    return real_symbols().float() + med
+    return real_symbols().float() + _medians(codec)
 
 
 def real_model(**options):

@@ -18,10 +18,9 @@ import pytest
 import torch
 
 from encdist.errors import BitstreamError
-from encdist.latent_codecs import CODING_MODES, CodingOptions
-from real_latents import real_latent, real_model, real_symbols
+from real_latents import real_latent, real_model, real_symbols, symbols_of, ways_of_coding
 
-OPTIONS = dict(CODING_MODES, pdf_backward=CodingOptions(fallback_static=False))
+OPTIONS = ways_of_coding()
 ADAPTIVE_WAYS = ("default", "paper", "fallback", "static_backward", "pdf_backward", "ideal")
 
 
@@ -69,8 +68,7 @@ def _symbols(model, enc, way) -> torch.Tensor:
     codec = model.adaptive_codec
     with torch.no_grad():
         y_hat = codec.decompress(enc["strings"], enc["shape"], OPTIONS[way])["y_hat"]
-    med = codec.entropy_bottleneck.quantiles[:, 0, 1].detach().view(1, -1, 1, 1)
-    return (y_hat - med).round().long().cpu()
+    return symbols_of(codec, y_hat)
 
 
 @pytest.mark.parametrize("how", PERTURBATIONS)
