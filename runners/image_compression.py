@@ -58,18 +58,29 @@ class ImageCompressionRunner(BaseRunner):
             self._refit_bottleneck()
             self._refitted = True
 
+    def _bottleneck_inputs(self) -> torch.Tensor:
+        """What the entropy bottleneck codes, for ``batches`` train batches: ``g_a(x)`` for the
+        factorized model, ``h_a(...)`` for hyperprior models. Read with a pre-hook on the
+        bottleneck during the model's own forward, so it holds for any CompressAI model."""
+        model = self.raw_model
+        seen = []
+        handle = model.entropy_bottleneck.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+        try:
+            with torch.no_grad():
+                for i, batch in enumerate(self.loaders["train"]):
+                    if i >= int(self.refit.batches):
+                        break
+                    x = batch[0] if isinstance(batch, (list, tuple)) else batch
+                    model(x.to(next(model.parameters()).device))
+        finally:
+            handle.remove()
+        return torch.cat(seen)
+
     def _refit_bottleneck(self) -> None:
         model = self.raw_model
         eb = model.entropy_bottleneck
-        ys = []
-        with torch.no_grad():
-            for i, batch in enumerate(self.loaders["train"]):
-                if i >= int(self.refit.batches):
-                    break
-                x = batch[0] if isinstance(batch, (list, tuple)) else batch
-                ys.append(model.g_a(x.to(next(model.parameters()).device)))
         # (samples, C, 1, 1): every latent position is one sample of each channel's density.
-        y = torch.cat(ys).permute(0, 2, 3, 1).reshape(-1, eb.channels, 1, 1)
+        y = self._bottleneck_inputs().permute(0, 2, 3, 1).reshape(-1, eb.channels, 1, 1)
         size = min(len(y), int(self.refit.samples_per_step))
         params = [p for n, p in eb.named_parameters() if not n.endswith("quantiles")]
         opt = torch.optim.Adam(params, lr=float(self.refit.lr))

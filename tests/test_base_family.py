@@ -90,3 +90,23 @@ def test_a_run_started_from_model_checkpoint_loads_from_its_own_checkpoint(tmp_p
         "entropy_bottleneck._quantized_cdf"].shape
     loaded = _build(conf, model.state_dict())
     assert torch.equal(loaded.state_dict()["entropy_bottleneck._quantized_cdf"], model.state_dict()["entropy_bottleneck._quantized_cdf"])
+
+
+@pytest.mark.slow
+def test_recipe_trains_the_hyperprior_anchor_with_the_same_stages(tmp_path, monkeypatch):
+    """The anchor goes through the same recipe: its own config, file names and manifest entries,
+    and the bottleneck refit reads ``z`` (the bottleneck's input), not ``y``."""
+    from encdist.recipes import base_family as bf
+
+    monkeypatch.setenv("ENCDIST_WEIGHTS", str(tmp_path / "weights"))
+    model = "bmshj2018-hyperprior"
+    manifest = bf.run([bf.Stage(quality=6, epochs=1, lr=1e-3)], work=tmp_path / "work", threads=1,
+                      extra=TINY_BASE_RUN, model=model)
+    name = bf.weights_path(6, model=model).name
+    assert set(manifest) == {name} and name.startswith("bmshj2018-hyperprior-N128-M192-q6")
+    entry = manifest[name]
+    assert entry["model"] == model and entry["command"].startswith("compressai-train --config-name=base_hyperprior")
+    sd = torch.load(bf.weights_path(6, model=model), weights_only=True)
+    assert sd["model_name"] == model and "h_a.0.weight" in sd["state_dict"]
+    with pytest.raises(bf.EncdistError, match="unknown model"):
+        bf.run([], model="nope")

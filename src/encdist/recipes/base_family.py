@@ -73,8 +73,14 @@ def weights_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[3] / "weights"
 
 
-def weights_path(quality: int, folder: Optional[Path] = None) -> Path:
-    return (folder or weights_dir()) / f"bmshj2018-factorized-N{N}-M{M}-q{int(quality)}.pth.tar"
+#: The families this recipe trains: model name -> its config (``conf/<name>.yaml``). The
+#: hyperprior is the anchor a user would pick instead, trained with the same recipe.
+MODELS = {"bmshj2018-factorized": "base_factorized", "bmshj2018-hyperprior": "base_hyperprior"}
+DEFAULT_MODEL = "bmshj2018-factorized"
+
+
+def weights_path(quality: int, folder: Optional[Path] = None, model: str = DEFAULT_MODEL) -> Path:
+    return (folder or weights_dir()) / f"{model}-N{N}-M{M}-q{int(quality)}.pth.tar"
 
 
 def _sha256(path: Path) -> str:
@@ -124,13 +130,15 @@ def _history(run_root: Path) -> List[dict]:
     return rows
 
 
-def train_stage(stage: Stage, folder: Path, work: Path, threads: int, extra: Sequence[str] = ()) -> dict:
+def train_stage(
+    stage: Stage, folder: Path, work: Path, threads: int, extra: Sequence[str] = (), model: str = DEFAULT_MODEL
+) -> dict:
     from encdist.training.aim_logger import new_run_hash
 
     run_hash = new_run_hash()
-    export = work / "base" / f"q{stage.quality}.pth"
+    export = work / "base" / f"{model}-q{stage.quality}.pth"
     args = [
-        "--config-name=base_factorized",
+        f"--config-name={MODELS[model]}",
         f"hp.quality={stage.quality}",
         f"engine.num_epochs={stage.epochs}",
         f"optimizer.net.lr={stage.lr}",
@@ -140,23 +148,23 @@ def train_stage(stage: Stage, folder: Path, work: Path, threads: int, extra: Seq
         *extra,
     ]
     if stage.init is not None:
-        args.append(f"++paths.model_checkpoint={weights_path(stage.init, folder)}")
+        args.append(f"++paths.model_checkpoint={weights_path(stage.init, folder, model)}")
     cmd = [sys.executable, "-m", "encdist.cli.train", *args]
-    print(f"[base-models] q{stage.quality}: {' '.join(shlex.quote(a) for a in cmd[1:])}", flush=True)
+    print(f"[base-models] {model} q{stage.quality}: {' '.join(shlex.quote(a) for a in cmd[1:])}", flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     t0 = time.time()
     subprocess.run(cmd, check=True, env=env)
     minutes = (time.time() - t0) / 60
-    out = weights_path(stage.quality, folder)
+    out = weights_path(stage.quality, folder, model)
     tmp = out.with_name(out.name + ".tmp")
-    torch.save({"state_dict": _half_state_dict(export), "model_name": "bmshj2018-factorized"}, tmp)
+    torch.save({"state_dict": _half_state_dict(export), "model_name": model}, tmp)
     os.replace(tmp, out)
     run_root = work / "runs" / run_hash
     infer = json.loads((run_root / "results" / "infer.json").read_text())["results"]
     history = _history(run_root)
     return {
         "sha256": _sha256(out),
-        "model": "bmshj2018-factorized",
+        "model": model,
         "N": N,
         "M": M,
         "quality": stage.quality,
@@ -164,7 +172,7 @@ def train_stage(stage: Stage, folder: Path, work: Path, threads: int, extra: Seq
         "steps": history[-1]["train_steps"] if history else None,
         "epochs": stage.epochs,
         "lr": stage.lr,
-        "init": weights_path(stage.init, folder).name if stage.init is not None else None,
+        "init": weights_path(stage.init, folder, model).name if stage.init is not None else None,
         "command": "compressai-train " + " ".join(
             shlex.quote(a.replace(str(folder), "weights")) for a in args if not a.startswith(_RUN_LOCAL)
         ),
@@ -182,21 +190,24 @@ def run(
     work: Optional[Path] = None,
     threads: int = 2,
     extra: Sequence[str] = (),
+    model: str = DEFAULT_MODEL,
 ) -> Dict[str, dict]:
     """Train every stage whose weights are missing or stale; returns the manifest."""
     folder = folder or weights_dir()
     folder.mkdir(parents=True, exist_ok=True)
     work = work or Path(os.environ.get("ENCDIST_ROOT") or "encdist_runs") / "base_family"
     manifest = load_manifest(folder)
+    if model not in MODELS:
+        raise EncdistError(f"unknown model {model!r}: the recipe trains {', '.join(MODELS)}")
     for stage in stages:
-        out = weights_path(stage.quality, folder)
+        out = weights_path(stage.quality, folder, model)
         entry = manifest.get(out.name)
         if entry and out.is_file() and _sha256(out) == entry.get("sha256"):
-            print(f"[base-models] q{stage.quality}: {out.name} present and matches the manifest", flush=True)
+            print(f"[base-models] {out.name} present and matches the manifest", flush=True)
             continue
-        if stage.init is not None and not weights_path(stage.init, folder).is_file():
-            raise CheckpointError(f"stage q{stage.quality} starts from q{stage.init}, whose weights are missing")
-        entry = train_stage(stage, folder, work, threads, extra)
+        if stage.init is not None and not weights_path(stage.init, folder, model).is_file():
+            raise CheckpointError(f"stage {model} q{stage.quality} starts from q{stage.init}, whose weights are missing")
+        entry = train_stage(stage, folder, work, threads, extra, model)
         # Re-read: another invocation (--only) may have added its stage meanwhile.
         manifest = load_manifest(folder)
         manifest[out.name] = entry
@@ -211,6 +222,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--check", action="store_true", help="only verify the weights against the manifest")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2))
     parser.add_argument("--only", type=int, nargs="*", help="qualities to train (default: the whole family)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS),
+                        help="which family: the factorized transforms or the hyperprior anchor")
     args = parser.parse_args(argv)
     try:
         if args.check:
@@ -219,7 +232,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{n - len(bad)} of {n} weight files match MANIFEST.json" + (f"; bad: {', '.join(bad)}" if bad else ""))
             return 1 if bad or not n else 0
         stages = [s for s in FAMILY if not args.only or s.quality in args.only]
-        run(stages, threads=args.threads)
+        run(stages, threads=args.threads, model=args.model)
     except subprocess.CalledProcessError as e:
         print(f"error: training failed (exit {e.returncode})", file=sys.stderr)
         return 2
