@@ -54,6 +54,7 @@ class AdaptiveDistributionRunner(BaseRunner):
         self.latent_crop = _latent_crop(latent_crop) if latent_crop is not None else None
         self._cache: list[tuple[torch.Tensor, tuple]] = []
         self._cache_complete = False
+        self._contexts_done = False
 
     def _cacheable(self) -> bool:
         model = self.raw_model
@@ -77,6 +78,8 @@ class AdaptiveDistributionRunner(BaseRunner):
             super()._run_loader()
             if self.is_train_loader and self._cacheable() and self._cache:
                 self._cache_complete = True
+            if self.is_train_loader and not self._contexts_done:
+                self._fit_contexts()
             return
         with torch.set_grad_enabled(True):
             for i in torch.randperm(len(self._cache)).tolist():
@@ -90,6 +93,40 @@ class AdaptiveDistributionRunner(BaseRunner):
                 out = self.criterion(self.model(target, with_x_hat=False, y=y), target)
                 self._optimize(out)
                 self._run_event("on_batch_end")
+
+    # ------------------------------------------------------------------ context tables
+    # The codec's context tables (encdist.codec.context) are statistics of the frozen g_a's
+    # latents, not trained by gradient: they are counted once, after the first train epoch, from
+    # its latents (the cache; without one, a pass of g_a over the train loader), summed over the
+    # ranks so that every rank holds the same tables. A run resumed from its checkpoint keeps its own.
+    def _fit_contexts(self) -> None:
+        self._contexts_done = True
+        model = self.raw_model
+        if not hasattr(model, "fit_contexts") or (self.resumed_from and model.adaptive_codec.contexts_fitted):
+            return
+        if self._cache:
+            latents = (y for y, _ in self._cache)
+        else:
+            device = next(model.parameters()).device
+
+            def latents():
+                with torch.no_grad():
+                    for batch in self.loaders["train"]:
+                        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+                        yield model.g_a(x.to(device))
+
+            latents = latents()
+        reduce = None
+        if self.engine.is_ddp:
+            import torch.distributed as dist
+
+            def reduce(counts):
+                t = torch.from_numpy(counts).to(next(model.parameters()).device)
+                dist.all_reduce(t)
+                return t.cpu().numpy()
+
+        images = model.fit_contexts(latents, reduce=reduce)
+        self.epoch_metrics["_epoch_"]["context_fit_images"] = float(images)
 
     def _random_latent_crop(self, y: torch.Tensor, shape: tuple):
         """A random crop of a cached latent batch: size drawn in ``latent_crop``, one position per batch.

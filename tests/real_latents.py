@@ -58,11 +58,21 @@ def real_codec(**options):
     return codec.eval()
 
 
+def fitted_codec(**options):
+    """:func:`real_codec` with its context tables fitted to flipped and shifted copies of the fixture's latent."""
+    codec = real_codec(**options)
+    y = real_latent(codec)
+    codec.fit_contexts([torch.flip(y, dims=[-1]), torch.flip(y, dims=[-2]), torch.roll(y, 5, dims=-1)])
+    return codec
+
+
 def ways_of_coding() -> dict:
-    """Every way of coding by name: ``CODING_MODES`` and backward adaptation started from p̂ without the fallback."""
+    """Every way of coding by name: ``CODING_MODES`` and backward adaptation (without and with contexts)
+    started from p̂ without the fallback."""
     from encdist.latent_codecs import CODING_MODES, CodingOptions
 
-    return dict(CODING_MODES, pdf_backward=CodingOptions(fallback_static=False))
+    return dict(CODING_MODES, pdf_backward=CodingOptions(fallback_static=False, contexts=False),
+                pdf_context=CodingOptions(fallback_static=False))
 
 
 def _medians(codec) -> torch.Tensor:

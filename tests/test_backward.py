@@ -154,6 +154,8 @@ def test_all_blocks_at_once_equals_block_by_block(phases, alpha, decay):
 
 # ====================================================================== the codec
 def _codec(C=6, seed=0, **kwargs):
+    """A small codec whose default is backward adaptation with one table per channel (contexts: test_context.py)."""
+    kwargs.setdefault("adapt_contexts", False)
     torch.manual_seed(seed)
     eb = EntropyBottleneck(C)
     with torch.no_grad():

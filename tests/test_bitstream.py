@@ -24,19 +24,20 @@ import encdist  # noqa: F401
 from encdist.codec import bitstream as bs
 from encdist.errors import BitstreamError
 from encdist.latent_codecs import AdaptiveEntropyBottleneckLatentCodec
-from real_latents import FIXTURE, real_codec, real_latent, real_symbols, symbols_of, ways_of_coding
+from real_latents import FIXTURE, fitted_codec, real_latent, real_symbols, symbols_of, ways_of_coding
 
 GOLDEN = Path(__file__).parent / "data" / f"golden_v{bs.FORMAT_VERSION}.json"
 #: Every way of coding, by name (CODING_MODES' and the p̂-started backward adaptation without fallback).
 OPTIONS = ways_of_coding()
-WAYS = ("default", "paper", "fallback", "static_backward", "pdf_backward", "ideal", "static")
+WAYS = ("default", "backward", "static_context", "pdf_context", "paper", "fallback", "static_backward", "pdf_backward",
+        "ideal", "static")
 SHAPE = (16, 16)
 
 
 @functools.lru_cache(maxsize=1)
 def _codec() -> AdaptiveEntropyBottleneckLatentCodec:
-    """The committed q6 bottleneck and the fixture's trained distribution codec (real latents)."""
-    return real_codec()
+    """The committed q6 bottleneck and the fixture's trained distribution codec (real latents), context tables fitted."""
+    return fitted_codec()
 
 
 def _streams():
@@ -88,6 +89,9 @@ def test_golden_modes_cover_the_format(golden):
     assert modes["fallback"] == bs.MODE_MIXED  # a real channel mask
     assert modes["static_backward"] == bs.MODE_STATIC | bs.MODE_BACKWARD
     assert modes["pdf_backward"] == bs.MODE_ADAPTIVE | bs.MODE_BACKWARD
+    assert modes["pdf_context"] == bs.MODE_ADAPTIVE | bs.MODE_BACKWARD | bs.MODE_CONTEXT
+    assert modes["static_context"] & ~bs.MODE_MIXED == bs.MODE_BACKWARD | bs.MODE_CONTEXT
+    assert modes["default"] & bs.MODE_CONTEXT
     assert modes["ideal"] == bs.MODE_ADAPTIVE
     mask = bytes.fromhex(golden["streams"]["fallback"]["pdf"])[bs.HEADER_SIZE : bs.HEADER_SIZE + bs.mask_bytes(192)]
     used = int(bs.unpack_mask(mask, 192).sum())

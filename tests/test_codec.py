@@ -25,6 +25,7 @@ from encdist.errors import BitstreamError, CheckpointError, ConfigError
 from encdist.latent_codecs import (
     MODE_ADAPTIVE,
     MODE_BACKWARD,
+    MODE_CONTEXT,
     MODE_MIXED,
     MODE_STATIC,
     AdaptiveEntropyBottleneckLatentCodec,
@@ -41,8 +42,9 @@ STOCK = {
     "mbt2018-mean-pdf": MeanScaleHyperprior,
 }
 MODES = {
-    "backward-fallback": dict(fallback_static=True),  # the defaults
-    "backward": dict(fallback_static=False),
+    "backward-fallback": dict(fallback_static=True),  # the defaults (with contexts)
+    "backward": dict(fallback_static=False),  # with contexts
+    "backward-nocontext": dict(fallback_static=False, adapt_contexts=False),
     "adaptive-fallback": dict(fallback_static=True, backward_adaptation=False),
     "adaptive": dict(fallback_static=False, backward_adaptation=False),  # the paper's codec
     "ideal": dict(ideal=True, fallback_static=False),
@@ -158,10 +160,12 @@ def test_round_trip(name, mode):
             assert all(len(s) == HEADER and s[0] == MODE_STATIC for s in pdf_strings)
         else:
             for s in pdf_strings:
-                assert len(s) >= HEADER and s[0] & ~MODE_BACKWARD in (MODE_STATIC, MODE_ADAPTIVE, MODE_MIXED)
+                assert len(s) >= HEADER and s[0] & ~(MODE_BACKWARD | MODE_CONTEXT) in (MODE_STATIC, MODE_ADAPTIVE, MODE_MIXED)
                 if mode in ("adaptive", "ideal"):
                     assert s[0] == MODE_ADAPTIVE and len(s) > HEADER
                 if mode == "backward":
+                    assert s[0] == MODE_ADAPTIVE | MODE_BACKWARD | MODE_CONTEXT and len(s) > HEADER + 1
+                if mode == "backward-nocontext":
                     assert s[0] == MODE_ADAPTIVE | MODE_BACKWARD and len(s) > HEADER + 1
                 if mode == "adaptive-fallback":
                     assert not s[0] & MODE_BACKWARD
@@ -390,7 +394,7 @@ def test_fallback_never_larger_than_static(name):
         if pdf_s[0] == MODE_STATIC:
             assert y_s == s_s and len(pdf_s) == HEADER
         else:
-            assert pdf_s[0] & ~MODE_BACKWARD in (MODE_STATIC, MODE_ADAPTIVE, MODE_MIXED) and len(pdf_s) > HEADER
+            assert pdf_s[0] & ~(MODE_BACKWARD | MODE_CONTEXT) in (MODE_STATIC, MODE_ADAPTIVE, MODE_MIXED) and len(pdf_s) > HEADER
     assert nbytes(enc["strings"]) <= nbytes(ref["strings"]) + HEADER * len(x)
 
 
@@ -623,8 +627,8 @@ def test_corrupt_side_streams_raise_bitstream_error(streams, name):
         b[i // 8] ^= 1 << (i % 8)
         with pytest.raises(BitstreamError):
             _decode(model, with_pdf(bytes(b)), shape)
-    # unknown mode bytes, and the backward-adaptation flag toggled
-    for mode in (7, 0x20 | pdf[0], 0x80 | pdf[0], pdf[0] ^ MODE_BACKWARD):
+    # unknown mode bytes, and the backward-adaptation and context flags toggled
+    for mode in (7, 0x40 | pdf[0], 0x80 | pdf[0], pdf[0] ^ MODE_BACKWARD, pdf[0] ^ MODE_CONTEXT):
         with pytest.raises(BitstreamError):
             _decode(model, with_pdf(bytes([mode]) + pdf[1:]), shape)
     if pdf[0] & MODE_BACKWARD:

@@ -23,7 +23,7 @@ from conftest import TINY_M, TINY_N, make_factorized_checkpoint
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RUN_HASH = "0123456789abcdef01234567"
-TOP_LEVEL = ("quickstart", "example_adaptive", "base_factorized")
+TOP_LEVEL = ("quickstart", "example_adaptive", "base_factorized", "base_hyperprior")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SMALL = [f"hp.N={TINY_N}", f"hp.M={TINY_M}"]
 

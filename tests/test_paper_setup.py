@@ -21,6 +21,7 @@ few steps on tiny data somewhere in the suite (:data:`TRAINED_BY`), ``base_facto
 from __future__ import annotations
 
 import ast
+import json
 import math
 import os
 import re
@@ -490,6 +491,7 @@ TRAINED_BY = {
     "quickstart": ("test_train.py", "trained"),
     "example_adaptive": ("test_paper_setup.py", "test_paper_setup_end_to_end_offline"),
     "base_factorized": ("test_paper_setup.py", "test_base_factorized_trains_on_tiny_data"),
+    "base_hyperprior": ("test_paper_setup.py", "test_base_hyperprior_trains_on_tiny_data"),
 }
 
 
@@ -533,3 +535,26 @@ def test_base_factorized_trains_on_tiny_data(tmp_path, monkeypatch):
     assert exported["model_name"] == "bmshj2018-factorized"
     assert exported["state_dict"]["g_a.0.weight"].shape[0] == 16
     assert (run / "results" / "infer.json").is_file()
+
+
+@pytest.mark.slow
+def test_base_hyperprior_trains_on_tiny_data(tmp_path, monkeypatch):
+    """``base_hyperprior``: the anchor, base_factorized's recipe with the model swapped, for a few steps."""
+    from encdist.training.checkpoint import safe_load
+
+    monkeypatch.setenv("ENCDIST_DATASETS", str(tmp_path / "datasets"))
+    export = tmp_path / "export" / "base.pth"
+    root = tmp_path / "root"
+    train_cli(
+        root, "hp.N=16", "hp.M=32", "engine.num_epochs=1", "dataset.train.config.num_samples=16",
+        "dataset.train.settings.patch_size=[64,64]", "dataset.valid.settings.patch_size=[64,64]",
+        "runner.refit_bottleneck.steps=2", f"++export.path={export}", config_name="base_hyperprior",
+    )
+    (run,) = run_dirs(root)
+    conf = yaml.safe_load((run / "configs" / "config.yaml").read_text())
+    assert conf["exp"]["name"] == "base_hyperprior" and conf["model"]["name"] == "bmshj2018-hyperprior"
+    exported = safe_load(export)
+    assert exported["model_name"] == "bmshj2018-hyperprior"
+    assert exported["state_dict"]["h_a.0.weight"].shape[:2] == (16, 32)
+    infer = json.loads((run / "results" / "infer.json").read_text())
+    assert infer["results"]["bpp"][0] > 0

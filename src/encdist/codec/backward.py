@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from encdist.codec.bitstream import SUBSTREAM_SYMBOLS, block_order, stream_layout
-from encdist.codec.coding import PRECISION, BufferedEncoder, integer_cdf_table, symbol_bits_floor
+from encdist.codec.coding import PRECISION, BufferedEncoder, gc_paused, integer_cdf_table, symbol_bits_floor
 
 __all__ = [
     "BackwardAdaptation",
@@ -75,8 +75,13 @@ def table_indexes(values: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) 
 class _Setup:
     """What encoder and decoder derive alike from the base tables and the parameters."""
 
-    def __init__(self, base_freq, lengths, alpha: int, decay: int):
-        self.lengths = np.asarray(lengths, dtype=np.int64)
+    def __init__(self, base_freq, lengths, alpha: int, decay: int, contexts: int = 1):
+        # With contexts, row c·X + x is channel c's table in context x, started from the channel's base table.
+        # (Base tables already per context, ``(C·X, K)``, are taken as they are.)
+        base_freq, lengths = np.asarray(base_freq), np.asarray(lengths, dtype=np.int64)
+        if base_freq.shape[0] != len(lengths) * contexts:
+            base_freq = np.repeat(base_freq, contexts, axis=0)
+        self.lengths = np.repeat(lengths, contexts)
         K = base_freq.shape[-1]
         self.used = np.arange(K)[None, :] <= self.lengths[:, None]
         # The base tables give every used symbol a frequency >= 1, so every row's weight is positive
@@ -90,11 +95,16 @@ class _Setup:
         """Counts after a block: the old ones forgotten by ``decay``/256, plus the block's histogram."""
         return ((counts * self.decay) >> 8) + COUNT_ONE * hist
 
-    def tables(self, counts: np.ndarray) -> np.ndarray:
-        """``integer_cdf_table(prior + counts·scale, used)`` for counts ``(..., C, K)``, with fewer operations."""
-        w = self.prior + counts * _COUNT_SCALE
+    def tables(self, counts: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """``integer_cdf_table(prior + counts·scale, used)`` for counts ``(..., C, K)``, with fewer operations.
+
+        ``rows``: the tables of these rows only (``counts`` is then ``(len(rows), K)``).
+        """
+        prior, share, used = (self.prior, self.share, self.used_i) if rows is None else (
+            self.prior[rows], self.share[rows], self.used_i[rows])
+        w = prior + counts * _COUNT_SCALE
         K = w.shape[-1]
-        freq = (w * self.share) // w.sum(-1, keepdims=True) + self.used_i
+        freq = (w * share) // w.sum(-1, keepdims=True) + used
         flat = freq.reshape(-1, K)
         flat[np.arange(len(flat)), w.reshape(-1, K).argmax(1)] += (1 << PRECISION) - flat.sum(1)
         cdf = np.zeros(freq.shape[:-1] + (K + 1,), dtype=np.int32)
@@ -143,28 +153,45 @@ def adapted_tables(symbols, base_freqs, offsets, lengths, alpha: int, decay: int
 
 
 def decode_adapted(decoder, shape: Tuple[int, int], base_freq, offsets, lengths, alpha: int, decay: int,
-                   phases: int) -> np.ndarray:
-    """Decoder side: ``(C, h, w)`` symbol values, decoded block by block from a :class:`~encdist.codec.coding.StreamDecoder`."""
+                   phases: int, contexts=None, thresholds=None) -> np.ndarray:
+    """Decoder side: ``(C, h, w)`` symbol values, decoded block by block from a :class:`~encdist.codec.coding.StreamDecoder`.
+
+    With ``contexts`` (a :class:`~encdist.codec.context.ContextModel`, and the image's
+    ``thresholds``), each block is decoded group by group, each group's contexts computed
+    from what is decoded so far; the counts are updated per block. Channels are in coding order.
+    """
     offsets = np.asarray(offsets, dtype=np.int64)
-    setup = _Setup(base_freq, lengths, alpha, decay)
-    C, K = setup.prior.shape
+    X = 1 if contexts is None else contexts.num_contexts
+    setup = _Setup(base_freq, lengths, alpha, decay, X)
+    V, K = setup.prior.shape
+    C = V // X
     h, w = shape
+    P = max(1, min(int(phases), w))
     order, bounds = block_order((h, w), phases)
-    out = np.empty((C, h * w), dtype=np.int32)
-    counts = np.zeros((C, K), dtype=np.int64)
-    sizes = (setup.lengths + 2).tolist()
-    offs = offsets.tolist()
-    chan = np.arange(C)
-    channel_lists = {m: np.repeat(chan, m).tolist() for m in set(np.diff(bounds).tolist())}
-    for b0, b1 in zip(bounds[:-1], bounds[1:]):
+    out = np.zeros((C, h, w), dtype=np.int32)
+    flat = out.reshape(C, h * w)
+    counts = np.zeros((V, K), dtype=np.int64)
+    sizes = setup.lengths + 2
+    offs = np.repeat(offsets, X)
+    groups = [0, C] if contexts is None else contexts.group_bounds(C)
+    for b, (b0, b1) in enumerate(zip(bounds[:-1], bounds[1:])):
+        r, phase = divmod(b, P)
+        cols = order[b0:b1] - r * w
         m = b1 - b0
-        values = decoder.decode_lists(channel_lists[m], setup.tables(counts).tolist(), sizes, offs)
-        values = np.fromiter(values, dtype=np.int32, count=C * m).reshape(C, m)
-        out[:, order[b0:b1]] = values
-        rel = table_indexes(values, offsets, setup.lengths)
-        hist = np.bincount((chan[:, None] * K + rel).ravel(), minlength=C * K).reshape(C, K)
+        rows_all = []
+        for g, (g0, g1) in enumerate(zip(groups[:-1], groups[1:])):
+            chan = np.arange(g0, g1)[:, None]
+            ctx = contexts.block_contexts(out, r, cols, phase, g, thresholds) if X > 1 else 0
+            rows = (chan * X + ctx) if X > 1 else np.repeat(chan, m, axis=1)
+            used, index = np.unique(rows, return_inverse=True)
+            values = decoder.decode_lists(index.ravel().tolist(), setup.tables(counts[used], used).tolist(),
+                                          sizes[used].tolist(), offs[used].tolist())
+            flat[g0:g1, order[b0:b1]] = np.fromiter(values, dtype=np.int32, count=(g1 - g0) * m).reshape(g1 - g0, m)
+            rows_all.append(rows.reshape(g1 - g0, m))
+        rel = table_indexes(flat[:, order[b0:b1]], offsets, setup.lengths[::X])
+        hist = np.bincount((np.concatenate(rows_all) * K + rel).ravel(), minlength=V * K).reshape(V, K)
         counts = setup.next_counts(counts, hist)
-    return out.reshape(C, h, w)
+    return out
 
 
 #: Memory the encoder's block tables may take at once (bytes, estimated): larger latents
@@ -232,20 +259,24 @@ class BackwardAdaptation:
             out.append(np.where(k < length[:, None], f, (k == length[:, None]).astype(np.int64)))
         return out, lo, length
 
-    def _rows_per_band(self, C: int, w: int, K: int, starts: int) -> int:
+    def _rows_per_band(self, C: int, w: int, K: int, starts: int, contexts: int = 1) -> int:
         P = max(1, min(self.phases, w))
-        # per latent row: the tables of every start (int32) and their Python lists while coding,
-        # the int64 counts / weights / histograms, and the row's symbols as Python lists.
-        per_row = P * C * (K + 1) * (4 * starts + 40 + 40) + C * w * 80
+        # per latent row: the dense block histograms (int64) of every table row; the tables some
+        # symbol uses (at most C·min(w, P·X): int32 per start, int64 work, Python lists while
+        # coding); the row's symbols as Python lists.
+        used = C * min(w, P * contexts)
+        per_row = 16 * P * C * contexts * (K + 1) + used * (K + 1) * (4 * starts + 80) + C * w * 80
         return max(1, int(self.budget) // per_row)
 
-    def plan(self, symbols, base_freqs, offsets, lengths) -> "AdaptedPlan":
+    def plan(self, symbols, base_freqs, offsets, lengths, contexts: np.ndarray | None = None,
+             num_contexts: int = 1) -> "AdaptedPlan":
         """Encoder side: exact bits of each channel under each start, and an encoder; see :class:`AdaptedPlan`."""
-        return AdaptedPlan(self, symbols, base_freqs, offsets, lengths)
+        return AdaptedPlan(self, symbols, base_freqs, offsets, lengths, contexts, num_contexts)
 
-    def decode(self, decoder, shape, base_freq, offsets, lengths) -> np.ndarray:
+    def decode(self, decoder, shape, base_freq, offsets, lengths, contexts=None, thresholds=None) -> np.ndarray:
         """Decoder side: ``(C, h, w)`` int32 symbols, block by block (:func:`decode_adapted`)."""
-        return decode_adapted(decoder, shape, base_freq, offsets, lengths, *self.params)
+        with gc_paused():
+            return decode_adapted(decoder, shape, base_freq, offsets, lengths, *self.params, contexts, thresholds)
 
     @staticmethod
     def bits_floor(lengths) -> np.ndarray:
@@ -261,7 +292,8 @@ class BackwardAdaptation:
         return symbol_bits_floor((1 << PRECISION) - np.asarray(lengths, dtype=np.int64))
 
     def likelihoods(self, symbols: Tensor, priors: Sequence[Tensor], lo: Tensor | None = None,
-                    length: Tensor | None = None) -> List[Tensor]:
+                    length: Tensor | None = None, contexts: Tensor | None = None,
+                    num_contexts: int = 1) -> List[Tensor]:
         """Each symbol's probability under the adapted tables, differentiable in the priors.
 
         The training-time model of this coder (what makes the rate it is trained
@@ -277,11 +309,14 @@ class BackwardAdaptation:
         what the integer coder adds (one frequency unit per used symbol, floors of
         the decayed counts, escapes' bypass bits), well under 1 % of the bits.
         The counts depend on the symbols only: the gradient goes to the priors.
+        With contexts, every (channel, context) has its own counts and prior.
 
         Args:
             symbols: ``(n, C, h, w)`` integer symbols (latent minus median).
-            priors: pmfs ``(n or 1, C, B)`` over ``B`` bins (bin ``k`` holds symbol ``k - B/2``).
+            priors: pmfs ``(n or 1, C, B)`` over ``B`` bins (bin ``k`` holds symbol ``k - B/2``),
+                or ``(n or 1, C, X, B)`` per context.
             lo, length: ``(C,)`` the static tables' support (``table_support``); ``None``: all bins.
+            contexts: ``(n, C, h, w)`` context of every symbol (in ``0..num_contexts-1``), or ``None``.
 
         Returns:
             one ``(n, C, h, w)`` tensor of probabilities per prior.
@@ -290,19 +325,21 @@ class BackwardAdaptation:
         n, C, h, w = symbols.shape
         B = priors[0].shape[-1]
         dev = priors[0].device
-        inside, order_t, ordered, block, k, hist, counts = self._block_statistics(symbols, B, dev, lo, length)
-        nb, K = hist.shape[2:]
-        at = block.view(1, 1, -1) * K + k  # each symbol's own count, in its block
-        seen = counts.view(n, C, nb * K).gather(2, at)
-        total = counts.sum(-1).gather(2, block.view(1, 1, -1).expand(n, C, -1))
+        inside, order_t, ordered, slot, k, hist, counts = self._block_statistics(
+            symbols, B, dev, lo, length, contexts, num_contexts)
+        K = hist.shape[-1]
+        X = int(num_contexts)
+        seen = counts.flatten(2).gather(2, slot * K + k)  # each symbol's own count, in its block and context
+        total = counts.sum(-1).gather(2, slot)
         bins = (ordered + B // 2).clamp(0, B - 1)
+        ctx = slot % X
         inverse = torch.empty_like(order_t)
         inverse[order_t] = torch.arange(len(order_t), device=dev)
         out = []
         for prior in priors:
-            pi, strength, floor = self._restricted(prior, inside, n)
-            pi_at = pi.gather(2, bins).clamp_min(floor)
-            q = ((alpha * pi_at + seen) / (strength + total).clamp_min(alpha * floor)).clamp_min(floor)
+            pi, strength, floor = self._restricted(prior, inside, n, X)
+            pi_at = pi.flatten(2).gather(2, ctx * B + bins).clamp_min(floor)
+            q = ((alpha * pi_at + seen) / (strength.flatten(2).gather(2, ctx) + total).clamp_min(alpha * floor)).clamp_min(floor)
             out.append(q[..., inverse].view(n, C, h, w))
         return out
 
@@ -334,28 +371,37 @@ class BackwardAdaptation:
 
         return bits
 
-    def _restricted(self, prior: Tensor, inside: Tensor, n: int):
-        """``(π, α·Σπ, floor)``: the prior on the coded support ``(n, C, B)``, its strength ``(n, C, 1)``.
+    def _restricted(self, prior: Tensor, inside: Tensor, n: int, contexts: int = 1):
+        """``(π, α·Σπ, floor)``: the prior on the coded support ``(n, C, X, B)``, its strength ``(n, C, X, 1)``.
 
         As :meth:`base_freqs`: the table's own frequencies inside the support (at least one unit
         in ``2**16`` each, as the integer tables give every coded symbol), nothing outside (no
-        renormalization).
+        renormalization). A prior without a context axis serves every context. (Without
+        contexts, ``X = 1`` and the shapes are ``(n, C, B)`` and ``(n, C, 1)``.)
         """
         floor = torch.full((), 2.0 ** -PRECISION, device=inside.device, dtype=prior.dtype)
-        pi = torch.where(inside, prior.clamp_min(floor), torch.zeros_like(floor)).expand(n, -1, -1)
+        if contexts == 1 and prior.dim() == 3:
+            pi = torch.where(inside, prior.clamp_min(floor), torch.zeros_like(floor)).expand(n, -1, -1)
+        else:
+            if prior.dim() == 3:
+                prior = prior.unsqueeze(2)
+            pi = torch.where(inside.unsqueeze(2), prior.clamp_min(floor), torch.zeros_like(floor))
+            pi = pi.expand(n, -1, contexts, -1)
         return pi, self.params[0] * pi.sum(-1, keepdim=True), floor
 
-    def _block_statistics(self, symbols: Tensor, num_bins: int, device, lo: Tensor | None, length: Tensor | None):
+    def _block_statistics(self, symbols: Tensor, num_bins: int, device, lo: Tensor | None, length: Tensor | None,
+                          contexts: Tensor | None = None, num_contexts: int = 1):
         """What :meth:`likelihoods` derives from the symbols alone, on ``device``.
 
-        ``(inside, order, ordered, block, k, hist, counts)``: the coded support ``(n, C, B)``,
-        the coding order, the symbols in it ``(n, C, L)``, each one's block ``(L,)`` and value
-        index ``k`` (value minus the smallest), the blocks' histograms and the decayed counts
-        before each block, ``(n, C, blocks, K)``.
+        ``(inside, order, ordered, slot, k, hist, counts)``: the coded support ``(n, C, B)``,
+        the coding order, the symbols in it ``(n, C, L)``, each one's slot (its block times the
+        contexts plus its context, ``(n, C, L)``) and value
+        index ``k`` (value minus the smallest), the slots' histograms and the decayed counts
+        before each block, ``(n, C, slots, K)``.
         """
         _, decay, phases = self.params
         n, C, h, w = symbols.shape
-        B, dev = num_bins, device
+        B, dev, X = num_bins, device, int(num_contexts)
         sym = symbols.detach().long().to(dev).reshape(n, C, h * w)
         radius = sym.abs().flatten(1).amax(1).clamp(max=B // 2).view(n, 1, 1)  # (n, 1, 1)
         value = torch.arange(B, device=dev).view(1, 1, B) - B // 2
@@ -368,17 +414,20 @@ class BackwardAdaptation:
         order_t = torch.as_tensor(order, device=dev)
         ordered = sym[..., order_t]  # (n, C, L) in coding order
         block = torch.as_tensor(np.repeat(np.arange(nb), np.diff(bounds)), device=dev)
+        slot = block.view(1, 1, -1).expand(n, C, -1)
+        if X > 1:
+            slot = slot * X + contexts.detach().long().to(dev).reshape(n, C, h * w)[..., order_t]
         smin = int(ordered.min())
         k = ordered - smin
         K = int(k.max()) + 1
-        hist = torch.zeros(n, C, nb * K, device=dev)
-        hist.scatter_add_(2, block.view(1, 1, -1) * K + k, torch.ones_like(k, dtype=hist.dtype))
-        hist = hist.view(n, C, nb, K)
+        hist = torch.zeros(n, C, nb * X * K, device=dev)
+        hist.scatter_add_(2, slot * K + k, torch.ones_like(k, dtype=hist.dtype))
+        hist = hist.view(n, C, nb, X * K)
         counts = torch.zeros_like(hist)
         g = decay / 256.0
         for b in range(1, nb):
             counts[:, :, b] = g * counts[:, :, b - 1] + hist[:, :, b - 1]
-        return inside, order_t, ordered, block, k, hist, counts
+        return inside, order_t, ordered, slot, k, hist.view(n, C, nb * X, K), counts.view(n, C, nb * X, K)
 
 
 class AdaptedPlan:
@@ -391,62 +440,104 @@ class AdaptedPlan:
     for ``encode``; a larger one keeps only the counts at each band's start and rebuilds
     the band's tables while coding, so memory stays bounded (same bytes either way: the
     coder buffers every symbol until its flush).
+
+    With ``contexts`` (``(C, h, w)`` context of every symbol, :meth:`ContextModel.contexts
+    <encdist.codec.context.ContextModel.contexts>`, ``num_contexts`` of them), channel ``c``
+    has one adapted table per context: row ``c·X + x`` of every block's tables.
     """
 
-    def __init__(self, adaptation: BackwardAdaptation, symbols, base_freqs, offsets, lengths):
+    def __init__(self, adaptation: BackwardAdaptation, symbols, base_freqs, offsets, lengths,
+                 contexts: np.ndarray | None = None, num_contexts: int = 1):
         alpha, decay, phases = adaptation.params
         self.symbols = np.asarray(symbols)
         C, h, w = self.symbols.shape
+        self.X = int(num_contexts)
+        self.contexts = None if self.X == 1 else np.asarray(contexts, dtype=np.int64)
         self.offsets = np.asarray(offsets, dtype=np.int64)
-        self.setups = [_Setup(f, lengths, alpha, decay) for f in base_freqs]
+        self.setups = [_Setup(f, lengths, alpha, decay, self.X) for f in base_freqs]
         self.K = self.setups[0].prior.shape[-1]
         self.phases = phases
-        rows = adaptation._rows_per_band(C, w, self.K, len(self.setups))
+        rows = adaptation._rows_per_band(C, w, self.K, len(self.setups), self.X)
         self.bands = [(r, min(h, r + rows)) for r in range(0, h, rows)]
         self.band_counts = []  # counts at each band's start
         self._cache = None
-        bits = np.zeros((len(self.setups), C))
-        counts = np.zeros((C, self.K), dtype=np.int64)
+        bits = np.zeros(len(self.setups))
+        per_row = np.zeros((len(self.setups), C * self.X))
+        counts = np.zeros((C * self.X, self.K), dtype=np.int64)
+        cache, kept = [], 0
         for r0, r1 in self.bands:
             self.band_counts.append(counts)
-            tables, hist, counts, ordered = self._band(r0, r1, counts)
+            tables, hist, counts, ordered, rows, where = self._band(r0, r1, counts)
             freq = np.diff(tables, axis=-1)
-            bits += (hist * (PRECISION - np.log2(np.maximum(freq, 1)))).sum((1, 3))
-            if len(self.bands) == 1:
-                self._cache = (tables, ordered)
-        self.bits = bits
+            used_rows = np.nonzero(where >= 0)[1]
+            np.add.at(per_row, (slice(None), used_rows), (hist[None] * (PRECISION - np.log2(np.maximum(freq, 1)))).sum(-1))
+            # The bands' tables are kept for encode() while they fit the budget (else rebuilt there).
+            kept += tables.nbytes + where.nbytes
+            if cache is not None and kept <= adaptation.budget:
+                cache.append((tables, ordered, rows, where))
+            else:
+                cache = None
+        self._cache = cache
+        self.bits = per_row.reshape(len(self.setups), C, self.X).sum(-1)
 
     def _band(self, r0: int, r1: int, counts: np.ndarray):
-        """Tables ``(S, nb, C, K+1)``, block histograms, the counts after the band, symbols in coding order."""
+        """The band's tables, only where a block codes some symbol of a row.
+
+        Returns ``(tables (S, U, K+1), hist (U, K), counts after the band, symbols in coding
+        order, their table rows (C, L) within a block (c·X + context), where (nb, C·X))``:
+        ``where[b, row]`` is the index in ``tables`` of block ``b``'s table of ``row``, -1 if unused.
+        """
         C, _, w = self.symbols.shape
-        K, setup = self.K, self.setups[0]
+        K, X, setup = self.K, self.X, self.setups[0]
+        V = C * X
         order, bounds = block_order((r1 - r0, w), self.phases)
         nb = len(bounds) - 1
         ordered = self.symbols[:, r0:r1].reshape(C, -1)[:, order].astype(np.int64)
-        rel = table_indexes(ordered, self.offsets, setup.lengths)
+        rel = table_indexes(ordered, self.offsets, setup.lengths[::X])
         block = np.repeat(np.arange(nb), np.diff(bounds))[None, :]
-        chan = np.arange(C)[:, None]
-        hist = np.bincount(((block * C + chan) * K + rel).ravel(), minlength=nb * C * K).reshape(nb, C, K)
-        band_counts = np.empty((nb, C, K), dtype=np.int64)
+        rows = np.arange(C)[:, None] * X
+        if X > 1:
+            rows = rows + self.contexts[:, r0:r1].reshape(C, -1)[:, order]
+        else:
+            rows = np.broadcast_to(rows, ordered.shape)
+        hist = np.bincount(((block * V + rows) * K + rel).ravel(), minlength=nb * V * K).reshape(nb, V, K)
+        used = hist.any(-1)  # (nb, V)
+        where = np.full((nb, V), -1, dtype=np.int64)
+        where[used] = np.arange(int(used.sum()))
+        sel_counts = np.empty((int(used.sum()), K), dtype=np.int64)
         for b in range(nb):
-            band_counts[b] = counts
+            sel_counts[where[b, used[b]]] = counts[used[b]]
             counts = setup.next_counts(counts, hist[b])
-        tables = np.stack([s.tables(band_counts) for s in self.setups])
-        return tables, hist, counts, ordered
+        row_ids = np.nonzero(used)[1]
+        tables = np.stack([s.tables(sel_counts, row_ids) for s in self.setups])
+        return tables, hist[used], counts, ordered, rows, where
 
     def encode(self, use, substream_symbols: int = SUBSTREAM_SYMBOLS) -> bytes:
-        """The y string, channel ``c`` coded from start ``use[c]`` (substreams: :class:`~encdist.codec.coding.BufferedEncoder`)."""
+        """The y string, channel ``c`` coded from start ``use[c]`` (substreams: :class:`~encdist.codec.coding.BufferedEncoder`).
+
+        Only the tables some symbol uses are handed to the coder (the same bytes).
+        """
+        with gc_paused():
+            return self._encode(use, substream_symbols)
+
+    def _encode(self, use, substream_symbols: int) -> bytes:
         C, _, w = self.symbols.shape
-        use = np.asarray(use, dtype=np.int64)
-        sizes, offs = (self.setups[0].lengths + 2).tolist(), self.offsets.tolist()
+        X = self.X
+        use = np.repeat(np.asarray(use, dtype=np.int64), X)
+        sizes, offs = self.setups[0].lengths + 2, np.repeat(self.offsets, X)
         enc = BufferedEncoder(substream_symbols)
-        for (r0, r1), counts in zip(self.bands, self.band_counts):
+        for band, ((r0, r1), counts) in enumerate(zip(self.bands, self.band_counts)):
             if self._cache is not None:
-                tables, ordered = self._cache
+                tables, ordered, rows, where = self._cache[band]
             else:
-                tables, _, _, ordered = self._band(r0, r1, counts)
-            nb = tables.shape[1]
-            t = np.take_along_axis(tables, use[None, None, :, None], 0)[0].reshape(nb * C, -1)
+                tables, _, _, ordered, rows, where = self._band(r0, r1, counts)
             pos, idx = stream_layout(C, r1 - r0, w, self.phases)
-            enc.add(ordered.ravel()[pos].tolist(), idx, t.tolist(), sizes * nb, offs * nb)
+            # stream_layout's index is block·C + channel; the table is block's of row c·X + context.
+            row = np.ascontiguousarray(rows).ravel()[pos]
+            sel = where[np.asarray(idx) // C, row]
+            used, index = np.unique(sel, return_inverse=True)
+            row_of = np.nonzero(where >= 0)[1][used]
+            t = tables[use[row_of], used]
+            enc.add(ordered.ravel()[pos].tolist(), index.ravel().tolist(), t.tolist(), sizes[row_of].tolist(),
+                    offs[row_of].tolist())
         return enc.flush()

@@ -21,10 +21,14 @@ their ``GaussianConditional`` ``y`` strings first, each behind the crc32 of its 
                  coding order:
                    fixed tables: channel-major, raster order (CompressAI's layout)
                    MODE_BACKWARD: block by block (:func:`block_order`), channel-major within a block
+                   MODE_CONTEXT:  the same, channels in the context model's order
+                                  (:func:`encdist.codec.context.channel_order`)
     pdf string:  [mode: 1 byte][crc32: 4 bytes, big-endian][payload]
                  (the static baseline, ``CodingOptions(adaptive=False)``, writes the header alone:
                  MODE_STATIC and its checksum, behind CompressAI's own y bytes)
-    payload:     [radius: 1 byte, if MODE_BACKWARD] then, by the mode's low bits,
+    payload:     [radius: 1 byte, if MODE_BACKWARD]
+                 [context thresholds: 2 bytes each, (G-1)·(Q-1) of them, if MODE_CONTEXT]
+                 then, by the mode's low bits,
                    MODE_STATIC   nothing
                    MODE_ADAPTIVE side strings of p̂ (the pdf model's EntropyBottleneck stream),
                                  or zlib-packed int32 counts (C·B) in ideal mode
@@ -89,6 +93,7 @@ __all__ = [
     "MODE_ADAPTIVE",
     "MODE_MIXED",
     "MODE_BACKWARD",
+    "MODE_CONTEXT",
     "HEADER_SIZE",
     "MAX_DECODE_PIXELS",
     "MAX_DECODE_IMAGES",
@@ -122,12 +127,17 @@ __all__ = [
 
 #: Version of this format (side stream, y-symbol order, tables, file container).
 #: 2: a checksummed header on static streams too; p̂'s and ideal mode's tables integers only.
-FORMAT_VERSION = 2
+#: 3: context-adaptive coding (MODE_CONTEXT), and the codec's context tables in the model's fingerprint.
+FORMAT_VERSION = 3
+#: Why a file of an older version is refused (re-encoding it with this version is the fix).
+_OLD_VERSIONS = {1: "version 1 rebuilt tables with float arithmetic",
+                 2: "its model had no context tables, so its fingerprint no longer matches"}
 
 MODE_STATIC = 0
 MODE_ADAPTIVE = 1
 MODE_MIXED = 2  # per channel: p̂'s table where its flag bit is set, the static one elsewhere
 MODE_BACKWARD = 0x10  # flag on any of the above: the tables adapt block by block (encdist.codec.backward)
+MODE_CONTEXT = 0x20  # flag with MODE_BACKWARD: one adapted table per channel and context (encdist.codec.context)
 _BASE_MODES = (MODE_STATIC, MODE_ADAPTIVE, MODE_MIXED)
 
 _HEADER = struct.Struct(">BI")  # mode, crc32
@@ -205,31 +215,42 @@ class SideStream:
     radius: int | None  # largest symbol magnitude, with MODE_BACKWARD
     mask: bytes | None  # channel flags, MODE_MIXED
     pdf: bytes  # p̂'s side strings (or ideal-mode counts); empty for MODE_STATIC
+    thresholds: np.ndarray | None = None  # the context thresholds, with MODE_CONTEXT
 
     @property
     def base(self) -> int:
-        return self.mode & ~MODE_BACKWARD
+        return self.mode & ~(MODE_BACKWARD | MODE_CONTEXT)
 
     @property
     def backward(self) -> bool:
         return bool(self.mode & MODE_BACKWARD)
+
+    @property
+    def context(self) -> bool:
+        return bool(self.mode & MODE_CONTEXT)
 
 
 def mask_bytes(channels: int) -> int:
     return math.ceil(channels / 8)
 
 
-def parse_side(data, channels: int, num_bins: int, ideal: bool = False) -> SideStream:
-    """Split a pdf string into its fields; anything malformed raises :class:`BitstreamError`."""
+def parse_side(data, channels: int, num_bins: int, ideal: bool = False, contexts=None) -> SideStream:
+    """Split a pdf string into its fields; anything malformed raises :class:`BitstreamError`.
+
+    ``contexts``: the decoder's :class:`~encdist.codec.context.ContextModel` (how many
+    thresholds a MODE_CONTEXT stream carries); ``None``: a MODE_CONTEXT stream is refused.
+    """
     if not isinstance(data, (bytes, bytearray)):
         raise BitstreamError(f"pdf stream: expected bytes, got {type(data).__name__}")
     if len(data) < HEADER_SIZE:
         raise BitstreamError(f"pdf stream: {len(data)} bytes is shorter than its header")
     mode, crc = _HEADER.unpack_from(data)
     payload = bytes(data[HEADER_SIZE:])
-    base, backward = mode & ~MODE_BACKWARD, bool(mode & MODE_BACKWARD)
-    if base not in _BASE_MODES:
+    base, backward, context = mode & ~(MODE_BACKWARD | MODE_CONTEXT), bool(mode & MODE_BACKWARD), bool(mode & MODE_CONTEXT)
+    if base not in _BASE_MODES or (context and not backward):
         raise BitstreamError(f"pdf stream: unknown coding mode {mode} (corrupt stream?)")
+    if context and contexts is None:
+        raise BitstreamError(f"{MISMATCH} (a context-coded stream, and this codec has no context model)")
     if ideal and (base == MODE_MIXED or backward):
         raise BitstreamError(f"{MISMATCH} (coding mode {mode} is never written in ideal mode)")
     rest, radius, mask = payload, None, None
@@ -237,6 +258,9 @@ def parse_side(data, channels: int, num_bins: int, ideal: bool = False) -> SideS
         if not rest or rest[0] > num_bins // 2:
             raise BitstreamError(f"pdf stream: missing or invalid symbol radius ({MISMATCH})")
         radius, rest = rest[0], rest[1:]
+    thresholds = None
+    if context:
+        thresholds, rest = contexts.unpack_thresholds(rest)
     if base == MODE_MIXED:
         n = mask_bytes(channels)
         if len(rest) < n:
@@ -244,7 +268,7 @@ def parse_side(data, channels: int, num_bins: int, ideal: bool = False) -> SideS
         mask, rest = rest[:n], rest[n:]
     if base == MODE_STATIC and rest:
         raise BitstreamError(f"{MISMATCH} (pdf stream: {len(rest)} unexpected bytes after a static header)")
-    return SideStream(mode, crc, payload, radius, mask, rest)
+    return SideStream(mode, crc, payload, radius, mask, rest, thresholds)
 
 
 def check_crc(side: SideStream, seed: int, symbols, y_length: int) -> None:
@@ -492,7 +516,7 @@ def unpack_file(data: bytes, fingerprint: int | None = None):
         raise BitstreamError(f"truncated file: {len(data)} bytes is shorter than the header")
     _, version, coding, fp, H, W, h, w, k = _FILE_HEAD.unpack_from(data)
     if version != FORMAT_VERSION:
-        hint = " (re-encode the image: version 1 rebuilt tables with float arithmetic)" if version < FORMAT_VERSION else ""
+        hint = f" (re-encode the image: {_OLD_VERSIONS[version]})" if version in _OLD_VERSIONS else ""
         raise BitstreamError(f"file format version {version}: this decoder reads version {FORMAT_VERSION}{hint}")
     if zlib.crc32(bytes(data[:-_LEN.size])) != _LEN.unpack_from(data, len(data) - _LEN.size)[0]:
         raise BitstreamError("corrupt or truncated file (checksum mismatch)")

@@ -28,9 +28,11 @@ Two things CompressAI does not give us:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import struct
-from typing import List, Sequence, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -50,6 +52,7 @@ from encdist.errors import BitstreamError
 
 __all__ = [
     "PRECISION",
+    "gc_paused",
     "quantized_cdf_table",
     "integer_cdf_table",
     "weight_tables",
@@ -77,6 +80,25 @@ __all__ = [
 
 #: Bits of precision of the range coder's CDFs (CompressAI's ``entropy_coder_precision``).
 PRECISION = 16
+
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while the coder's tables become millions of list objects.
+
+    ``compressai.ans`` takes its tables as Python lists; building them allocates one object per
+    entry, and each few hundred allocations trigger a collection pass over all of them, which
+    made the conversion 2-3 times slower than the allocation itself (measured). The lists hold
+    no cycles, so nothing is left for the collector to find; it is restored on exit.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def quantized_cdf_table(pmf: Tensor, lengths: Tensor, precision: int = PRECISION) -> Tensor:

@@ -1,6 +1,6 @@
 """Latent codecs (CompressAI ``LatentCodec`` contract) and how they code (:class:`CodingOptions`)."""
 
-from encdist.codec.bitstream import MODE_ADAPTIVE, MODE_BACKWARD, MODE_MIXED, MODE_STATIC
+from encdist.codec.bitstream import MODE_ADAPTIVE, MODE_BACKWARD, MODE_CONTEXT, MODE_MIXED, MODE_STATIC
 
 from .adaptive import AdaptiveEntropyBottleneckLatentCodec
 from .options import CODING_MODES, CodingOptions, resolve_options
@@ -14,4 +14,5 @@ __all__ = [
     "MODE_MIXED",
     "MODE_STATIC",
     "MODE_BACKWARD",
+    "MODE_CONTEXT",
 ]

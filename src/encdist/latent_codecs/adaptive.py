@@ -60,6 +60,7 @@ too short for the declared shape under its tables
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
@@ -71,7 +72,8 @@ from torch import Tensor
 
 from encdist.codec import bitstream as bs
 from encdist.codec.backward import BackwardAdaptation
-from encdist.codec.bitstream import MODE_ADAPTIVE, MODE_BACKWARD, MODE_MIXED, MODE_STATIC
+from encdist.codec.bitstream import MODE_ADAPTIVE, MODE_BACKWARD, MODE_CONTEXT, MODE_MIXED, MODE_STATIC
+from encdist.codec.context import ContextModel, channel_order
 from encdist.codec.coding import (
     StreamDecoder,
     check_capacity,
@@ -113,6 +115,9 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         adapt_alpha, adapt_decay, adapt_phases: backward adaptation's parameters
             (:class:`~encdist.codec.backward.BackwardAdaptation`); part of the
             configuration the decoder must share.
+        adapt_contexts: the default options' ``contexts`` (context-adaptive tables).
+        context_model: the :class:`~encdist.codec.context.ContextModel` (or its keyword
+            arguments) of context-adaptive coding; its tables are fitted by :meth:`fit_contexts`.
     """
 
     def __init__(
@@ -131,6 +136,8 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         adapt_alpha: int = 16,
         adapt_decay: float = 0.6,
         adapt_phases: int = 2,
+        adapt_contexts: bool = True,
+        context_model: ContextModel | Dict[str, Any] | None = None,
     ):
         super().__init__()
         if entropy_bottleneck is None:
@@ -142,9 +149,17 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         self.bound_factor = float(bound_factor)
         self.options = CodingOptions(
             adaptive=bool(enable_adaptive), ideal=bool(ideal), fallback_static=bool(fallback_static),
-            backward_adaptation=bool(backward_adaptation), refine_steps=int(refine_steps), refine_lr=float(refine_lr),
+            backward_adaptation=bool(backward_adaptation), contexts=bool(adapt_contexts),
+            refine_steps=int(refine_steps), refine_lr=float(refine_lr),
         )
         self.adaptation = BackwardAdaptation(int(adapt_alpha), float(adapt_decay), int(adapt_phases))
+        if not isinstance(context_model, ContextModel):
+            context_model = ContextModel(**(context_model or {}))
+        self.context_model = context_model
+        # The context tables (module docstring): integer weights per (channel, context) over the B bins,
+        # fitted to training latents (fit_contexts); all zero until then (the static tables stand in).
+        X = context_model.num_contexts
+        self.register_buffer("context_weights", torch.zeros(self.channels * X, self.num_bins, dtype=torch.int32))
         if not isinstance(pdf_model, nn.Module):
             pdf_model = PdfModel(self.channels, self.num_bins, **(pdf_model or {}))
         self.pdf_model = pdf_model
@@ -191,13 +206,98 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         """
         return pmf_tables(p_hat, *table_support(self.entropy_bottleneck, self.num_bins), self.num_bins)
 
-    def fingerprint(self, ideal: bool) -> int:
-        """Checksum seed: the configuration a decoder must share (see :mod:`encdist.codec.bitstream`)."""
+    def fingerprint(self, ideal: bool, context: bool = False) -> int:
+        """Checksum seed: the configuration a decoder must share (see :mod:`encdist.codec.bitstream`).
+
+        A context-coded stream's seed also covers the context model and its tables.
+        """
         # Parameter shapes pin down the rest of the pdf model's architecture (kernel size, groups, layers).
         shapes = tuple((k, tuple(v.shape)) for k, v in self.pdf_model.named_parameters())
-        return bs.fingerprint((type(self.pdf_model).__name__, self.channels, self.num_bins, bool(ideal),
+        seed = bs.fingerprint((type(self.pdf_model).__name__, self.channels, self.num_bins, bool(ideal),
                                getattr(self.pdf_model, "N", 0), getattr(self.pdf_model, "M", 0), shapes,
                                self.adaptation.params))
+        if context:
+            weights = self.context_weights.detach().cpu().numpy().astype("<i4")
+            seed = zlib.crc32(weights, bs.fingerprint((seed, self.context_model.params)))
+        return seed
+
+    # ------------------------------------------------------------------ context tables
+    @property
+    def contexts_fitted(self) -> bool:
+        return bool(self.context_weights.any())
+
+    def fit_contexts(self, latents, reduce=None) -> int:
+        """Fit the context tables to ``latents`` (an iterable of ``(n, C, h, w)`` tensors): returns the images used.
+
+        ``reduce``: applied to the ``(C·X, B)`` int64 counts before the tables are made (a sum
+        over the ranks of a distributed run, so that all of them fit the same tables).
+
+        Per (channel, context), the symbols' histogram over the ``B`` bins plus 256
+        pseudo-symbols of the static table, scaled to integer weights (about 2**24 per
+        row). Integers throughout (counts, the stored static tables, floor divisions), so
+        the same latents give the same tables everywhere.
+        """
+        cm, X, B, C = self.context_model, self.context_model.num_contexts, self.num_bins, self.channels
+        order = self._channel_order()
+        counts = np.zeros((C * X, B), dtype=np.int64)
+        images = 0
+        with torch.no_grad():
+            for y in latents:
+                for sym in self._symbols(y.detach()).cpu().numpy():
+                    s = sym[order]
+                    ctx = np.empty(s.shape, dtype=np.int64)
+                    ctx[order] = cm.contexts(s, cm.thresholds(s), self.adaptation.phases)
+                    rows = np.arange(C).reshape(-1, 1, 1) * X + ctx
+                    bins = np.clip(sym.astype(np.int64) + B // 2, 0, B - 1)
+                    counts += np.bincount((rows * B + bins).ravel(), minlength=C * X * B).reshape(C * X, B)
+                    images += 1
+        if reduce is not None:
+            counts = np.asarray(reduce(counts), dtype=np.int64)
+        w = (counts << 16) + 256 * np.repeat(self._static_bin_freqs(), X, axis=0)
+        shift = np.maximum(0, np.frexp(w.sum(-1, keepdims=True).astype(np.float64))[1] - 38)  # keeps w·2**24 in int64
+        w >>= shift
+        weights = np.maximum((w << 24) // w.sum(-1, keepdims=True), 1)
+        self.context_weights.copy_(torch.from_numpy(weights.astype(np.int32)))
+        return images
+
+    def _static_bin_freqs(self) -> np.ndarray:
+        """The static tables' integer frequencies over the ``B`` bins ``(C, B)`` (0 outside the support)."""
+        cdf, lengths, offsets = (t.numpy().astype(np.int64) for t in static_tables(self.entropy_bottleneck))
+        k = np.arange(self.num_bins)[None, :] - self.num_bins // 2 - offsets[:, None]
+        inside = (k >= 0) & (k < (lengths - 2)[:, None])
+        j = np.clip(k, 0, cdf.shape[1] - 2)
+        return np.where(inside, np.take_along_axis(cdf, j + 1, 1) - np.take_along_axis(cdf, j, 1), 0)
+
+    def _channel_order(self) -> np.ndarray:
+        """The context coder's channel order (:func:`~encdist.codec.context.channel_order`); the
+        channels' own order before the bottleneck has tables (training only: coding needs them)."""
+        if self.entropy_bottleneck._offset.numel() == 0:
+            return np.arange(self.channels)
+        cdf, lengths, _ = static_tables(self.entropy_bottleneck)
+        return channel_order(cdf.numpy(), lengths.numpy())
+
+    def context_pmf(self) -> Tensor:
+        """The context tables as pmfs ``(C, X, B)`` (float; the static pmf where not fitted), for training."""
+        C, X = self.channels, self.context_model.num_contexts
+        if not self.contexts_fitted:
+            return self.static_pmf().unsqueeze(1).expand(C, X, -1)
+        w = self.context_weights.to(self.entropy_bottleneck.quantiles.dtype).view(C, X, -1)
+        return w / w.sum(-1, keepdim=True)
+
+    def _context_tables(self, static):
+        """Integer ``(cdf (C·X, L+2), offsets (C·X,))`` of the context tables (model channel order)."""
+        X = self.context_model.num_contexts
+        if not self.contexts_fitted:
+            return np.repeat(static[0].numpy(), X, axis=0), np.repeat(static[2].numpy(), X)
+        lo, length = table_support(self.entropy_bottleneck, self.num_bins)
+        cdf, _, offsets = weight_tables(self.context_weights.cpu().numpy()[None].astype(np.int64),
+                                        lo.repeat_interleave(X), length.repeat_interleave(X), self.num_bins)
+        return cdf[0].numpy(), offsets.numpy()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint from before context tables: they start unfitted (zeros).
+        state_dict.setdefault(prefix + "context_weights", torch.zeros_like(self.context_weights))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ forward
     def forward(self, y: Tensor, options: CodingOptions | str | None = None) -> Dict[str, Any]:
@@ -255,7 +355,10 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             eb = self.entropy_bottleneck
             support = table_support(eb, self.num_bins) if eb._offset.numel() else (None, None)
             symbols = t.detach().round() - self.num_bins // 2
-            families.append(self.adaptation.likelihoods(symbols, [p_hat, static] if o.use_pdf else [static], *support))
+            if o.context:
+                families.append(self._context_likelihoods(symbols, p_hat if o.use_pdf else None, support))
+            else:
+                families.append(self.adaptation.likelihoods(symbols, [p_hat, static] if o.use_pdf else [static], *support))
         if not o.backward or o.fallback:
             # Fixed tables: p̂ at the coded symbol, with straight-through gradients to p̂ and y.
             fixed = torch.exp(interp_log_pmf(torch.log(p_hat.clamp_min(1e-9)), t))
@@ -270,6 +373,25 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             lp = interp_log_pmf(torch.log(p_hat.detach().clamp_min(1e-9)), t)
             lik = lik * torch.exp(lp - lp.detach())
         return lik
+
+    def symbol_contexts(self, symbols: Tensor) -> Tensor:
+        """The context of every symbol ``(n, C, h, w)`` (model channel order), as the coder computes it."""
+        cm = self.context_model
+        order = self._channel_order()
+        sym = symbols.detach().long().cpu().numpy()
+        out = np.empty(sym.shape, dtype=np.int64)
+        for i, one in enumerate(sym):
+            s = one[order]
+            out[i][order] = cm.contexts(s, cm.thresholds(s), self.adaptation.phases)
+        return torch.from_numpy(out)
+
+    def _context_likelihoods(self, symbols: Tensor, p_hat: Tensor | None, support) -> List[Tensor]:
+        """Likelihoods under the context-adaptive tables started from p̂'s mix (if any) and the context tables."""
+        cm = self.context_model
+        ctx_pmf = self.context_pmf().unsqueeze(0)
+        priors = [ctx_pmf] if p_hat is None else [(ctx_pmf + p_hat.unsqueeze(2)) / 2, ctx_pmf]
+        adaptation = cm.adaptation(self.adaptation.phases)
+        return adaptation.likelihoods(symbols, priors, *support, self.symbol_contexts(symbols), cm.num_contexts)
 
     # ------------------------------------------------------------------ side payload
     def _pack_side(self, o: CodingOptions, p: Tensor, sym: Tensor, static_bits: Tensor | None = None) -> bytes:
@@ -352,11 +474,14 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             pdf_strings = [bs.write_side(seed, MODE_STATIC, b"", symbols[i], len(s)) for i, s in enumerate(y_strings)]
         else:
             p = self._hard_histogram(y.detach()) if o.use_pdf else None
-            seed = self.fingerprint(o.ideal)
+            seeds = {False: self.fingerprint(o.ideal)}
+            if o.context:
+                seeds[True] = self.fingerprint(o.ideal, context=True)
             y_strings, pdf_strings = [], []
             for i in range(len(y)):
                 mode, y_string, payload = self._compress_one(o, symbols[i], None if p is None else p[i], static)
                 y_strings.append(y_string)
+                seed = seeds[bool(mode & MODE_CONTEXT)]
                 pdf_strings.append(bs.write_side(seed, mode, payload, symbols[i], len(y_string)))
         return {"strings": [y_strings, pdf_strings], "shape": shape, "y_hat": self._dequantize(symbols, y.dtype).to(y.device)}
 
@@ -374,7 +499,7 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             adaptive = self.side_tables(payload, o.ideal)
         families = []
         if o.backward:
-            families.append(self._backward_family(sym, adaptive, static))
+            families.append((self._context_family if o.context else self._backward_family)(sym, adaptive, static))
         if not o.backward or o.fallback:
             # Fixed tables: the paper's codec, and the guarantee of never costing more than the static one.
             first = adaptive if adaptive is not None else static
@@ -399,6 +524,45 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             MODE_BACKWARD, bytes([radius]),
             lambda: (None if adaptive is None else bits[0], bits[static_start]),
             lambda use: plan.encode(np.where(use.numpy(), 0, static_start)),
+            True,
+        )
+
+    def _context_starts(self, order: np.ndarray, radius: int, adaptive, static):
+        """The context coder's base frequencies ``(C·X, K)`` in coding order, and ``(lo, length)`` per channel.
+
+        Starts: the context tables, and with p̂ the even mix of each context table and the
+        channel's p̂ table (p̂ first). Encoder and decoder both call this.
+        """
+        X = self.context_model.num_contexts
+        lo, length = (t.numpy() for t in table_support(self.entropy_bottleneck, self.num_bins))
+        ctx_cdf, ctx_off = self._context_tables(static)
+        rows = (order[:, None] * X + np.arange(X)).ravel()
+        (f_ctx,), b_lo, b_len = self.adaptation.base_freqs(
+            [(ctx_cdf[rows], ctx_off[rows])], np.repeat(lo[order], X), np.repeat(length[order], X), radius)
+        starts = [f_ctx]
+        if adaptive is not None:
+            (f_pdf,), _, _ = self.adaptation.base_freqs(
+                [(adaptive[0].numpy()[order], adaptive[2].numpy()[order])], lo[order], length[order], radius)
+            starts.insert(0, (f_ctx + np.repeat(f_pdf, X, axis=0)) // 2)
+        return starts, b_lo[::X], b_len[::X]
+
+    def _context_family(self, sym: Tensor, adaptive, static) -> Family:
+        """Context-adaptive tables (:mod:`encdist.codec.context`) started from p̂'s mix (if any) and the context tables."""
+        cm = self.context_model
+        order = self._channel_order()
+        s = sym.numpy()[order]
+        radius = self.adaptation.radius(s, self.num_bins)
+        thresholds = cm.thresholds(s)
+        ctx = cm.contexts(s, thresholds, self.adaptation.phases)
+        starts, b_lo, b_len = self._context_starts(order, radius, adaptive, static)
+        plan = cm.adaptation(self.adaptation.phases).plan(s, np.stack(starts), b_lo, b_len, ctx, cm.num_contexts)
+        bits = torch.empty(plan.bits.shape, dtype=torch.float64)
+        bits[:, torch.from_numpy(order)] = torch.from_numpy(plan.bits)  # back to the model's channel order
+        last = len(starts) - 1
+        return Family(
+            MODE_BACKWARD | MODE_CONTEXT, bytes([radius]) + cm.pack_thresholds(thresholds),
+            lambda: (None if adaptive is None else bits[0], bits[last]),
+            lambda use: plan.encode(np.where(use.numpy()[order], 0, last)),
             True,
         )
 
@@ -446,7 +610,7 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         return y_hat
 
     def _decompress_one(self, o: CodingOptions, y_string: bytes, pdf_string: bytes, shape, static) -> Tensor:
-        side = bs.parse_side(pdf_string, self.channels, self.num_bins, o.ideal)
+        side = bs.parse_side(pdf_string, self.channels, self.num_bins, o.ideal, self.context_model)
         # Per channel: start from p̂'s table (``use``) or the static one.
         use = np.full(self.channels, side.base != MODE_STATIC)
         adaptive = None
@@ -457,7 +621,18 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
                 adaptive = self.side_tables(side.pdf, o.ideal)
             except BitstreamError as e:
                 raise BitstreamError(f"{bs.MISMATCH} ({e})") from None
-        if side.backward:
+        if side.context:
+            cm = self.context_model
+            order = self._channel_order()
+            starts, b_lo, b_len = self._context_starts(order, side.radius, adaptive, static)
+            first = np.repeat(use[order], cm.num_contexts)[:, None]
+            base = starts[-1] if adaptive is None else np.where(first, starts[0], starts[-1])
+            min_bits = shape[0] * shape[1] * float(self.adaptation.bits_floor(b_len).sum())
+            decoder = StreamDecoder(y_string, self.channels * shape[0] * shape[1], "y stream", min_bits)
+            decoded = cm.adaptation(self.adaptation.phases).decode(decoder, shape, base, b_lo, b_len, cm, side.thresholds)
+            sym = torch.empty(decoded.shape, dtype=torch.int32)
+            sym[torch.from_numpy(order)] = torch.from_numpy(decoded)
+        elif side.backward:
             starts = [(static[0].numpy(), static[2].numpy())] + ([] if adaptive is None else [(adaptive[0].numpy(), adaptive[2].numpy())])
             lo, length = (t.numpy() for t in table_support(self.entropy_bottleneck, self.num_bins))
             freqs, b_lo, b_len = self.adaptation.base_freqs(starts, lo, length, side.radius)
@@ -468,5 +643,5 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         else:
             tables = static if adaptive is None else mixed_tables(torch.from_numpy(use), adaptive, static)
             sym = decode_with_indexes(y_string, self._indexes(shape), *tables, "y stream", torch.int32)
-        bs.check_crc(side, self.fingerprint(o.ideal), sym, len(y_string))
+        bs.check_crc(side, self.fingerprint(o.ideal, side.context), sym, len(y_string))
         return sym

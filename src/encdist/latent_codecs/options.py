@@ -18,7 +18,11 @@ Named ways of coding (:data:`CODING_MODES`), as the evaluation and the benchmark
 ``fallback``           + the per-channel static fallback (fixed tables)
 ``static_backward``    backward adaptation from the static tables alone: no p̂, no side stream
                        beyond the header (with the fallback to fixed static tables)
-``default``            p̂ + fallback + backward adaptation, whatever the model's configuration
+``backward``           p̂ + fallback + backward adaptation, one table per channel (the default
+                       before contexts)
+``static_context``     context-adaptive tables started from the codec's context tables alone (no p̂)
+``default``            p̂ + fallback + context-adaptive backward adaptation, whatever the model's
+                       configuration
 =====================  ==========================================================================
 """
 
@@ -42,6 +46,8 @@ class CodingOptions:
         fallback_static: per image and channel, keep the cheaper of ``p̂``'s and the static
             table (and of fixed and adapted tables); never above the static bottleneck.
         backward_adaptation: adapt the tables to the symbols already coded, block by block.
+        contexts: with backward adaptation, one adapted table per channel and context
+            (:mod:`encdist.codec.context`): what the decoder already decoded picks the table.
         refine_steps: encoder-side refinement of the side latent (Adam steps per image).
         refine_lr: step size of the refinement.
     """
@@ -51,6 +57,7 @@ class CodingOptions:
     use_pdf: bool = True
     fallback_static: bool = True
     backward_adaptation: bool = True
+    contexts: bool = True
     refine_steps: int = 0
     refine_lr: float = 0.05
 
@@ -64,6 +71,11 @@ class CodingOptions:
     def backward(self) -> bool:
         """Backward adaptation in effect (the ideal bound is one fixed table per image)."""
         return self.adaptive and self.backward_adaptation and not self.ideal
+
+    @property
+    def context(self) -> bool:
+        """Context-adaptive tables in effect (with backward adaptation only)."""
+        return self.backward and self.contexts
 
     @property
     def fallback(self) -> bool:
@@ -81,7 +93,9 @@ CODING_MODES: Mapping[str, CodingOptions | None] = {
     "ideal": CodingOptions(ideal=True, fallback_static=False, backward_adaptation=False),
     "paper": CodingOptions(fallback_static=False, backward_adaptation=False),
     "fallback": CodingOptions(backward_adaptation=False),
-    "static_backward": CodingOptions(use_pdf=False),
+    "static_backward": CodingOptions(use_pdf=False, contexts=False),
+    "backward": CodingOptions(contexts=False),
+    "static_context": CodingOptions(use_pdf=False),
     "default": CodingOptions(),
 }
 

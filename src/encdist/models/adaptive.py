@@ -119,6 +119,16 @@ class AdaptiveModelMixin:
                 updated |= module.update_scale_table(scale_table, force=True)
         return updated
 
+    def codec_latent(self, y: Tensor) -> Tensor:
+        """What the adaptive codec codes, from ``y = g_a(x)``: ``y`` itself (hyperprior models: ``z``)."""
+        return y
+
+    def fit_contexts(self, latents, reduce=None) -> int:
+        """Fit the codec's context tables to the latents ``g_a(x)`` of training images (an iterable of
+        ``(n, M, h, w)``); returns the images used (:meth:`AdaptiveEntropyBottleneckLatentCodec.fit_contexts`)."""
+        with torch.no_grad():
+            return self.adaptive_codec.fit_contexts((self.codec_latent(y) for y in latents), reduce)
+
     # ---------------------------------------------------------------- state dicts
     @staticmethod
     def remap_state_dict(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
@@ -129,14 +139,15 @@ class AdaptiveModelMixin:
         return super().load_state_dict(self.remap_state_dict(state_dict), strict=strict)
 
     def load_pretrained_transforms(self, state_dict: Mapping[str, Tensor], source: str = "state dict") -> None:
-        """Load everything but the distribution codec from a CompressAI parent's state dict.
+        """Load everything but the distribution codec (p̂, context tables) from a CompressAI parent's state dict.
 
         Raises :class:`CheckpointError` (naming ``source``) if a key of the
         transforms or the static bottleneck is missing or has another shape.
         """
         sd = self.remap_state_dict(state_dict)
         own = self.state_dict()
-        needed = [k for k in own if not k.startswith("adaptive_codec.pdf_model.")]
+        # The distribution codec (p̂'s network, the context tables) is what a run trains or fits on top.
+        needed = [k for k in own if not k.startswith(("adaptive_codec.pdf_model.", "adaptive_codec.context_weights"))]
         data_dependent = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
         missing = [k for k in needed if k not in sd]
         wrong = [
@@ -283,10 +294,13 @@ class _HyperpriorPdf(AdaptiveModelMixin):
     def _h_a_input(self, y: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def codec_latent(self, y: Tensor) -> Tensor:
+        return self.h_a(self._h_a_input(y))
+
     def forward(self, x: Tensor, with_x_hat: bool = True) -> Dict[str, Any]:
         self._check_image(x)
         y = self.g_a(x)
-        z_out = self.adaptive_codec(self.h_a(self._h_a_input(y)))
+        z_out = self.adaptive_codec(self.codec_latent(y))
         scales, means = self._gaussian_params(z_out["y_hat"])
         y_hat, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
         lk = z_out["likelihoods"]
@@ -300,7 +314,7 @@ class _HyperpriorPdf(AdaptiveModelMixin):
     def compress(self, x: Tensor, options=None) -> Dict[str, Any]:
         self._check_image(x)
         y = self.g_a(x)
-        z_out = self.adaptive_codec.compress(self.h_a(self._h_a_input(y)), options)
+        z_out = self.adaptive_codec.compress(self.codec_latent(y), options)
         scales, means = self._gaussian_params(z_out["y_hat"])
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_strings = gaussian_conditional_compress(self.gaussian_conditional, y, indexes, means)

@@ -43,6 +43,9 @@ PathLike = Union[str, os.PathLike]
 #: were last updated with (``model.update()``), not on the architecture;
 #: CompressAI's ``load_state_dict`` resizes them to the checkpoint's shapes.
 DYNAMIC_BUFFERS = frozenset({"_quantized_cdf", "_offset", "_cdf_length", "scale_table"})
+#: Buffers a checkpoint may lack: made before they existed (the adaptive codec's context tables,
+#: which such a model fits from its training latents); present, they must fit.
+OPTIONAL_BUFFERS = frozenset({"context_weights"})
 
 _TMP_TAG = ".tmp-"
 
@@ -255,7 +258,7 @@ def check_compatible(
         return key.rsplit(".", 1)[-1] in ignored
 
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict and not dynamic(k)]
+    missing = [k for k in expected if k not in state_dict and not dynamic(k) and k.rsplit(".", 1)[-1] not in OPTIONAL_BUFFERS]
     unexpected = [k for k in state_dict if k not in expected and not dynamic(k)]
     mismatched = []
     for key, value in expected.items():

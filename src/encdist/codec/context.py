@@ -1,0 +1,214 @@
+"""Contexts for the backward-adapted coder: what the decoder already knows about a symbol.
+
+Backward adaptation (:mod:`encdist.codec.backward`) gives each channel one table that
+follows the symbols already coded. A latent still holds structure that such a table is
+blind to: where the co-located symbols of other channels are large, this channel's symbol
+is likely large too, and so where its neighbours in the rows above are. Here each channel
+keeps a small set of adapted tables instead of one, indexed by a *context* computed from
+symbols the decoder already has, so the structure is used at no side cost:
+
+.. code-block:: none
+
+    channel order: by the static tables' entropy, largest first (a fixed function of the
+                   model's integer tables), cut into G groups of sizes ∝ 1, 1, 2, 4, … (ELIC)
+
+    block (latent row r, phase φ), group g:
+        spatial level  s = min(|N| + |W'|, S-1)        N: (r-1, j); W': (r, j-1) if φ > 0
+                                                        (decoded in an earlier phase), else (r-1, j-1)
+        channel level  q = #{t ∈ T_g : Σ_{c' in groups < g} |ŷ_c'(r, j)| > t}   (0 for g = 0)
+        context        x = s·Q + q    →  channel c's table x of this block
+
+``T_g`` (``Q-1`` thresholds per group after the first) are the image's quantiles of the
+channel statistic, chosen by the encoder and sent in the side stream (two bytes each), so
+the channel levels are balanced at every rate. Within a block, the groups are decoded one
+after another (one rANS call each), so a symbol's channel context only uses groups decoded
+before it: a block costs ``G`` batched calls, ``h·P·G`` per image, never one per symbol.
+The counts behind every table are updated once per block, as without contexts, so the
+encoder computes every table at once (:class:`~encdist.codec.backward.AdaptedPlan`).
+
+Everything is integers; a :class:`ContextModel` with one spatial and one channel level
+and one group is the context-free coder, with the same bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import numpy as np
+
+from encdist.codec.backward import BackwardAdaptation
+from encdist.errors import BitstreamError
+
+__all__ = ["ContextModel", "channel_order", "NO_CONTEXT"]
+
+_LIMITS = {"groups": 8, "spatial_levels": 4, "channel_levels": 8}
+
+
+@dataclass(frozen=True)
+class ContextModel:
+    """How symbols are split into contexts (module docstring); written in the stream (:meth:`pack`).
+
+    Args:
+        groups: channel groups decoded one after another at each position (1: no channel context).
+        spatial_levels: levels of the neighbours' magnitude (1: no spatial context).
+        channel_levels: levels of the earlier groups' co-located magnitude (1: none).
+        alpha, decay: the backward adaptation of the context tables (prior strength, share of
+            the counts kept per block): each table sees fewer symbols than a channel's single
+            table, and its learned start (the codec's context tables) is worth trusting longer.
+    """
+
+    groups: int = 6
+    spatial_levels: int = 3
+    channel_levels: int = 4
+    alpha: int = 16
+    decay: float = 0.9
+
+    def __post_init__(self):
+        for name, top in _LIMITS.items():
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 1 <= int(v) <= top:
+                raise ValueError(f"ContextModel.{name} must be an integer in 1..{top}, got {v!r}")
+        BackwardAdaptation(self.alpha, self.decay)  # the same checks
+
+    @property
+    def params(self) -> Tuple[int, int, int, int, int]:
+        """What encoder and decoder must share (fingerprinted with the context tables)."""
+        return (self.groups, self.spatial_levels, self.channel_levels, *self.adaptation(1).params[:2])
+
+    def adaptation(self, phases: int) -> BackwardAdaptation:
+        """The backward adaptation of the context tables: this model's prior strength and decay."""
+        return BackwardAdaptation(int(self.alpha), float(self.decay), int(phases))
+
+    @property
+    def channel_context(self) -> bool:
+        return self.groups > 1 and self.channel_levels > 1
+
+    @property
+    def num_contexts(self) -> int:
+        """Tables per channel (and block)."""
+        return self.spatial_levels * (self.channel_levels if self.channel_context else 1)
+
+    @property
+    def num_thresholds(self) -> int:
+        """Thresholds the side stream carries: ``Q-1`` per group after the first."""
+        return (self.groups - 1) * (self.channel_levels - 1) if self.channel_context else 0
+
+    # ------------------------------------------------------------------ stream field
+    def pack_thresholds(self, thresholds: np.ndarray) -> bytes:
+        """Side-stream field: the ``(G-1)·(Q-1)`` thresholds, two bytes each, big-endian."""
+        t = np.asarray(thresholds, dtype=np.int64).ravel()
+        if len(t) != self.num_thresholds or (t < 0).any() or (t > 0xFFFF).any():
+            raise ValueError(f"expected {self.num_thresholds} thresholds in 0..65535, got {t.tolist()}")
+        return struct.pack(f">{len(t)}H", *t.tolist())
+
+    def unpack_thresholds(self, data: bytes) -> Tuple[np.ndarray, bytes]:
+        """``(thresholds (G-1, Q-1), rest)`` from the start of ``data``; :class:`BitstreamError` if too short."""
+        n = self.num_thresholds
+        if len(data) < 2 * n:
+            raise BitstreamError(f"pdf stream: {len(data)} bytes is shorter than its {n} context thresholds")
+        t = np.array(struct.unpack_from(f">{n}H", data), dtype=np.int64)
+        t = t.reshape(self.groups - 1, self.channel_levels - 1) if n else np.zeros((0, 0), np.int64)
+        return t, bytes(data[2 * n:])
+
+    # ------------------------------------------------------------------ groups and levels
+    def group_bounds(self, channels: int) -> List[int]:
+        """Channel boundaries of the groups (in channel order): sizes ∝ 1, 1, 2, 4, …, at least one channel each."""
+        G = min(self.groups if self.channel_context else 1, channels)
+        weights = [1] + [1 << max(0, g - 1) for g in range(1, G)]
+        total = sum(weights)
+        bounds, acc = [0], 0
+        for g in range(G):
+            acc += weights[g]
+            bounds.append(max(bounds[-1] + 1, min(channels - (G - 1 - g), channels * acc // total)))
+        bounds[-1] = channels
+        return bounds
+
+    def thresholds(self, symbols: np.ndarray) -> np.ndarray:
+        """Encoder side: ``(G-1, Q-1)`` thresholds, the image's quantiles of each group's channel statistic.
+
+        ``symbols``: ``(C, h, w)`` in channel order. Integers (a sort), clipped to two bytes.
+        """
+        if not self.channel_context:
+            return np.zeros((0, 0), dtype=np.int64)
+        Q = self.channel_levels
+        out = []
+        for stat in self._channel_statistics(np.abs(np.asarray(symbols, dtype=np.int64))):
+            s = np.sort(stat.ravel())
+            out.append([s[min(len(s) - 1, (len(s) * i) // Q)] for i in range(1, Q)])
+        return np.minimum(np.asarray(out, dtype=np.int64).reshape(len(out), Q - 1), 0xFFFF)
+
+    def _channel_statistics(self, mags: np.ndarray):
+        """Per group after the first: ``Σ |ŷ|`` over the earlier groups' channels, ``(h, w)``."""
+        bounds = self.group_bounds(mags.shape[0])
+        csum = np.cumsum(mags, axis=0)
+        return [csum[b - 1] for b in bounds[1:-1]]
+
+    def contexts(self, symbols: np.ndarray, thresholds: np.ndarray, phases: int) -> np.ndarray:
+        """Encoder side: every symbol's context ``(C, h, w)`` (int64), symbols in channel order.
+
+        The same rule as :meth:`block_contexts`, applied to the whole latent at once.
+        """
+        a = np.abs(np.asarray(symbols, dtype=np.int64))
+        C, h, w = a.shape
+        ctx = np.zeros((C, h, w), dtype=np.int64)
+        if self.spatial_levels > 1:
+            P = max(1, min(int(phases), w))
+            north = np.zeros_like(a)
+            north[:, 1:] = a[:, :-1]
+            west = np.zeros_like(a)  # (r, j-1) where decoded in an earlier phase, else (r-1, j-1)
+            west[:, :, 1:] = a[:, :, :-1]
+            first = (np.arange(w) % P) == 0
+            nw = np.zeros_like(a)
+            nw[:, 1:, 1:] = a[:, :-1, :-1]
+            west[:, :, first] = nw[:, :, first]
+            ctx += np.minimum(north + west, self.spatial_levels - 1) * (self.num_contexts // self.spatial_levels)
+        if self.channel_context:
+            bounds = self.group_bounds(C)
+            for g, stat in enumerate(self._channel_statistics(a), start=1):
+                level = (stat[None] > np.asarray(thresholds[g - 1]).reshape(-1, 1, 1)).sum(0)
+                ctx[bounds[g]:bounds[g + 1]] += level[None]
+        return ctx
+
+    def block_contexts(self, decoded: np.ndarray, r: int, cols: np.ndarray, phase: int, group: int,
+                       thresholds: np.ndarray) -> np.ndarray:
+        """Decoder side: contexts ``(C_g, m)`` of group ``group``'s symbols at row ``r``, columns ``cols``.
+
+        ``decoded`` ``(C, h, w)`` holds every symbol decoded so far (earlier rows, earlier
+        phases of row ``r``, earlier groups of this block); nothing else is read.
+        """
+        bounds = self.group_bounds(decoded.shape[0])
+        g0, g1 = bounds[group], bounds[group + 1]
+        ctx = np.zeros((g1 - g0, len(cols)), dtype=np.int64)
+        if self.spatial_levels > 1:
+            north = np.abs(decoded[g0:g1, r - 1, cols]).astype(np.int64) if r > 0 else np.zeros_like(ctx)
+            west = np.zeros_like(ctx)
+            has = cols > 0
+            if phase > 0:
+                west[:, has] = np.abs(decoded[g0:g1, r, cols[has] - 1])
+            elif r > 0:
+                west[:, has] = np.abs(decoded[g0:g1, r - 1, cols[has] - 1])
+            ctx += np.minimum(north + west, self.spatial_levels - 1) * (self.num_contexts // self.spatial_levels)
+        if self.channel_context and group > 0:
+            stat = np.abs(decoded[:g0, r, cols]).astype(np.int64).sum(0)
+            ctx += (stat[None] > np.asarray(thresholds[group - 1]).reshape(-1, 1)).sum(0)[None]
+        return ctx
+
+
+#: The context-free coder (one table per channel): backward adaptation as without contexts.
+NO_CONTEXT = ContextModel(groups=1, spatial_levels=1, channel_levels=1, alpha=16, decay=0.6)
+
+
+def channel_order(cdf, lengths) -> np.ndarray:
+    """The coding order of the channels: the static tables' most spread first.
+
+    A channel's spread is measured by its table's largest frequency (integers: the
+    model's stored CDF tables), ties broken by index, so encoder and decoder agree
+    everywhere. High-rate channels come first and are the context of the rest.
+    """
+    cdf, lengths = np.asarray(cdf, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+    freq = np.diff(cdf, axis=-1)
+    k = np.arange(freq.shape[-1])[None, :]
+    top = np.where(k < (lengths - 1)[:, None], freq, 0).max(-1)
+    return np.lexsort((np.arange(len(top)), top))
