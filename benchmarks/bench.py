@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as C  # noqa: E402
 import torch  # noqa: E402
+from contexts import section_contexts  # noqa: E402
 from cost import section_cost  # noqa: E402
 from memory import section_memory  # noqa: E402
 from rate import reference_model, section_rate  # noqa: E402
@@ -50,7 +51,7 @@ from report import render_md  # noqa: E402
 from speed import section_coding  # noqa: E402
 from throughput import section_throughput  # noqa: E402
 
-SECTIONS = ("rate", "throughput", "coding", "cost", "memory")
+SECTIONS = ("rate", "contexts", "throughput", "coding", "cost", "memory")
 
 PROFILES: Dict[str, Dict[str, Any]] = {
     # None: the config's own value (quickstart.yaml).
@@ -61,7 +62,7 @@ PROFILES: Dict[str, Dict[str, Any]] = {
                  tp_steps=8, tp_warmup=2, tp_batch=8, tp_size=256, coding_reps=7, coding_warmup=1,
                  memory_sizes=((2160, 3840), (4320, 7680)), memory_channels=(192, 320)),
     "quick": dict(paper_epochs=1, paper_samples=16, adaptive_epochs=1, adaptive_samples=16, adaptive_lr=5e-4,
-                  ablation_images=(), ablation_epochs=1, ablation_samples=16, rate_images=2,
+                  ablation_images=(), ablation_epochs=1, ablation_samples=16, rate_images=2, context_crops=4,
                   tp_steps=2, tp_warmup=1, tp_batch=8, tp_size=256, coding_reps=2, coding_warmup=0,
                   memory_sizes=((512, 768),), memory_channels=(192,)),
 }
@@ -142,6 +143,9 @@ def main(argv=None) -> int:
     rate = run("rate", section_rate, args, prof, work)
     if rate and "targets" in rate:
         res["targets"].update(rate["targets"])
+    ctx = run("contexts", section_contexts, args, prof)
+    if ctx and "targets" in ctx:
+        res["targets"].update(ctx["targets"])
     if "throughput" in sections or "coding" in sections:
         model, desc = reference_model(rate if rate and "error" not in rate else None, work, args)
         tp = run("throughput", section_throughput, args, prof, model, desc, device)

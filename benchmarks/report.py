@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 import common as C
+from contexts import md_contexts
 from rate import ARM_LABELS, ARMS
 
 
@@ -38,11 +39,11 @@ def render_md(res: Dict[str, Any]) -> str:
     ]
     for name, t in res["targets"].items():
         v = t.get("value")
-        unit = ("x" if name.startswith(("train_speedup", "coding_ratio")) else " %" if name.startswith(("gap_closed", "side_share", "phat", "training_rate"))
+        unit = ("x" if name.startswith(("train_speedup", "coding_ratio", "context_time")) else " %" if name.startswith(("gap_closed", "side_share", "phat", "training_rate", "context_gain", "context_default_gain"))
                 else " MB" if name.startswith("memory") else " dB" if name.startswith("family") else "")
         L.append(f"| {name}: {t['target']} | {C.fmt(v, '.2f')}{unit if v is not None else ''} | {C.met(t.get('met'))} |")
     L.append("")
-    for sec, fn in (("rate", _md_rate), ("throughput", _md_throughput), ("coding", _md_coding), ("cost", _md_cost),
+    for sec, fn in (("rate", _md_rate), ("contexts", md_contexts), ("throughput", _md_throughput), ("coding", _md_coding), ("cost", _md_cost),
                     ("memory", _md_memory)):
         r = res["sections"].get(sec)
         if r is None:
@@ -214,7 +215,8 @@ def _md_rate(r: Dict[str, Any]) -> List[str]:
     L.append("|---|" + "---|" * len(pts))
     for a in ARMS[:-1]:
         L.append(f"| {ARM_LABELS[a]} |" + "".join(f" {C.fmt(p['gap_closed_' + a + '_pct'], '.1f')} % |" for p in pts))
-    L.append("| (d) vs (c): what p̂ adds inside the adaptive coder |" + "".join(f" {p['adaptive_vs_static_backward_pct']:+.2f} % |" for p in pts))
+    L.append("| (d') vs (c'): what p̂ adds inside the context coder |" + "".join(f" {C.fmt(p.get('adaptive_vs_static_context_pct'), '+.2f')} % |" for p in pts))
+    L.append("| (d') vs (d): what contexts add to the default |" + "".join(f" {C.fmt(p.get('adaptive_vs_backward_pct'), '+.2f')} % |" for p in pts))
     L.append("| side stream share of (d) / of (a) |" + "".join(f" {p['side_share_adaptive_pct']:.2f} / {p['side_share_paper_pct']:.2f} % |" for p in pts))
     L.append("| (d): images coded from the static start / with mixed tables / backward-adapted |"
              + "".join(f" {p['static_picks']} / {p['mixed_picks']} / {p['backward_picks']} of {p['num_images']} |" for p in pts))

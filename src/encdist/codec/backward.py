@@ -325,14 +325,9 @@ class BackwardAdaptation:
         n, C, h, w = symbols.shape
         B = priors[0].shape[-1]
         dev = priors[0].device
-        inside, order_t, ordered, slot, k, hist, counts = self._block_statistics(
-            symbols, B, dev, lo, length, contexts, num_contexts)
-        K = hist.shape[-1]
         X = int(num_contexts)
-        seen = counts.flatten(2).gather(2, slot * K + k)  # each symbol's own count, in its block and context
-        total = counts.sum(-1).gather(2, slot)
+        inside, order_t, ordered, ctx, seen, total = self._symbol_counts(symbols, B, dev, lo, length, contexts, X)
         bins = (ordered + B // 2).clamp(0, B - 1)
-        ctx = slot % X
         inverse = torch.empty_like(order_t)
         inverse[order_t] = torch.arange(len(order_t), device=dev)
         out = []
@@ -342,6 +337,48 @@ class BackwardAdaptation:
             q = ((alpha * pi_at + seen) / (strength.flatten(2).gather(2, ctx) + total).clamp_min(alpha * floor)).clamp_min(floor)
             out.append(q[..., inverse].view(n, C, h, w))
         return out
+
+    def _symbol_counts(self, symbols: Tensor, num_bins: int, device, lo, length, contexts, num_contexts: int):
+        """Per symbol, the decayed counts its table holds when it is coded: ``(inside, order, ordered, ctx, seen, total)``.
+
+        ``seen``: of its own value, ``total``: of all values, in its channel and context ``(n, C, L)``
+        (coding order), computed block by block with counts over ``(n, C, X·K)`` only, never over
+        all blocks at once. ``ctx`` is each symbol's context (zeros without contexts).
+        """
+        _, decay, phases = self.params
+        n, C, h, w = symbols.shape
+        B, dev, X = num_bins, device, int(num_contexts)
+        sym = symbols.detach().long().to(dev).reshape(n, C, h * w)
+        radius = sym.abs().flatten(1).amax(1).clamp(max=B // 2).view(n, 1, 1)  # (n, 1, 1)
+        value = torch.arange(B, device=dev).view(1, 1, B) - B // 2
+        inside = value.abs() <= radius
+        if lo is not None:
+            lo_ = lo.to(dev).view(1, C, 1)
+            inside = inside & (value >= lo_) & (value < lo_ + length.to(dev).view(1, C, 1))
+        order, bounds = block_order((h, w), phases)
+        order_t = torch.as_tensor(order, device=dev)
+        ordered = sym[..., order_t]  # (n, C, L) in coding order
+        if X > 1:
+            ctx = contexts.detach().long().to(dev).reshape(n, C, h * w)[..., order_t]
+        else:
+            ctx = torch.zeros_like(ordered)
+        k = ordered - int(ordered.min())
+        K = int(k.max()) + 1
+        slot = ctx * K + k
+        g = decay / 256.0
+        with torch.no_grad():
+            counts = torch.zeros(n, C, X * K, device=dev)
+            tot = torch.zeros(n, C, X, device=dev)
+            seen = torch.empty(ordered.shape, device=dev)
+            total = torch.empty(ordered.shape, device=dev)
+            for b0, b1 in zip(bounds[:-1], bounds[1:]):
+                i, c = slot[..., b0:b1], ctx[..., b0:b1]
+                seen[..., b0:b1] = counts.gather(2, i)
+                total[..., b0:b1] = tot.gather(2, c)
+                one = torch.ones(i.shape, device=dev)
+                counts.mul_(g).scatter_add_(2, i, one)
+                tot.mul_(g).scatter_add_(2, c, one)
+        return inside, order_t, ordered, ctx, seen, total
 
     def channel_bits(self, symbols: Tensor, num_bins: int, lo: Tensor | None = None, length: Tensor | None = None,
                      device=None) -> Callable[[Tensor], Tensor]:
@@ -389,19 +426,17 @@ class BackwardAdaptation:
             pi = pi.expand(n, -1, contexts, -1)
         return pi, self.params[0] * pi.sum(-1, keepdim=True), floor
 
-    def _block_statistics(self, symbols: Tensor, num_bins: int, device, lo: Tensor | None, length: Tensor | None,
-                          contexts: Tensor | None = None, num_contexts: int = 1):
-        """What :meth:`likelihoods` derives from the symbols alone, on ``device``.
+    def _block_statistics(self, symbols: Tensor, num_bins: int, device, lo: Tensor | None, length: Tensor | None):
+        """What :meth:`channel_bits` derives from the symbols alone, on ``device`` (one table per channel).
 
-        ``(inside, order, ordered, slot, k, hist, counts)``: the coded support ``(n, C, B)``,
-        the coding order, the symbols in it ``(n, C, L)``, each one's slot (its block times the
-        contexts plus its context, ``(n, C, L)``) and value
-        index ``k`` (value minus the smallest), the slots' histograms and the decayed counts
-        before each block, ``(n, C, slots, K)``.
+        ``(inside, order, ordered, block, k, hist, counts)``: the coded support ``(n, C, B)``,
+        the coding order, the symbols in it ``(n, C, L)``, each one's block ``(L,)`` and value
+        index ``k`` (value minus the smallest), the blocks' histograms and the decayed counts
+        before each block, ``(n, C, blocks, K)``.
         """
         _, decay, phases = self.params
         n, C, h, w = symbols.shape
-        B, dev, X = num_bins, device, int(num_contexts)
+        B, dev = num_bins, device
         sym = symbols.detach().long().to(dev).reshape(n, C, h * w)
         radius = sym.abs().flatten(1).amax(1).clamp(max=B // 2).view(n, 1, 1)  # (n, 1, 1)
         value = torch.arange(B, device=dev).view(1, 1, B) - B // 2
@@ -414,20 +449,17 @@ class BackwardAdaptation:
         order_t = torch.as_tensor(order, device=dev)
         ordered = sym[..., order_t]  # (n, C, L) in coding order
         block = torch.as_tensor(np.repeat(np.arange(nb), np.diff(bounds)), device=dev)
-        slot = block.view(1, 1, -1).expand(n, C, -1)
-        if X > 1:
-            slot = slot * X + contexts.detach().long().to(dev).reshape(n, C, h * w)[..., order_t]
         smin = int(ordered.min())
         k = ordered - smin
         K = int(k.max()) + 1
-        hist = torch.zeros(n, C, nb * X * K, device=dev)
-        hist.scatter_add_(2, slot * K + k, torch.ones_like(k, dtype=hist.dtype))
-        hist = hist.view(n, C, nb, X * K)
+        hist = torch.zeros(n, C, nb * K, device=dev)
+        hist.scatter_add_(2, block.view(1, 1, -1) * K + k, torch.ones_like(k, dtype=hist.dtype))
+        hist = hist.view(n, C, nb, K)
         counts = torch.zeros_like(hist)
         g = decay / 256.0
         for b in range(1, nb):
             counts[:, :, b] = g * counts[:, :, b - 1] + hist[:, :, b - 1]
-        return inside, order_t, ordered, slot, k, hist.view(n, C, nb * X, K), counts.view(n, C, nb * X, K)
+        return inside, order_t, ordered, block, k, hist, counts
 
 
 class AdaptedPlan:

@@ -9,8 +9,9 @@ symbols the decoder already has, so the structure is used at no side cost:
 
 .. code-block:: none
 
-    channel order: by the static tables' entropy, largest first (a fixed function of the
-                   model's integer tables), cut into G groups of sizes ∝ 1, 1, 2, 4, … (ELIC)
+    channel order: the static tables' widest first (smallest largest frequency: a fixed
+                   function of the model's integer tables), cut into G groups of sizes
+                   ∝ 1, 1, 2, 4, … (as ELIC's channel groups)
 
     block (latent row r, phase φ), group g:
         spatial level  s = min(|N| + |W'|, S-1)        N: (r-1, j); W': (r, j-1) if φ > 0
@@ -26,8 +27,12 @@ before it: a block costs ``G`` batched calls, ``h·P·G`` per image, never one p
 The counts behind every table are updated once per block, as without contexts, so the
 encoder computes every table at once (:class:`~encdist.codec.backward.AdaptedPlan`).
 
-Everything is integers; a :class:`ContextModel` with one spatial and one channel level
-and one group is the context-free coder, with the same bytes.
+Each (channel, context) table starts from its own *context table*, counted on training
+latents (the codec's ``context_weights``), since a context's symbols alone are too few to
+learn from a channel-wide start; with p̂, from the even mix of that table and p̂'s.
+
+Everything is integers. (One spatial level, one channel level and one group make one table
+per channel, which is the coder without contexts, ``MODE_BACKWARD``, up to its own α and decay.)
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import numpy as np
 from encdist.codec.backward import BackwardAdaptation
 from encdist.errors import BitstreamError
 
-__all__ = ["ContextModel", "channel_order", "NO_CONTEXT"]
+__all__ = ["ContextModel", "channel_order"]
 
 _LIMITS = {"groups": 8, "spatial_levels": 4, "channel_levels": 8}
 
@@ -194,10 +199,6 @@ class ContextModel:
             stat = np.abs(decoded[:g0, r, cols]).astype(np.int64).sum(0)
             ctx += (stat[None] > np.asarray(thresholds[group - 1]).reshape(-1, 1)).sum(0)[None]
         return ctx
-
-
-#: The context-free coder (one table per channel): backward adaptation as without contexts.
-NO_CONTEXT = ContextModel(groups=1, spatial_levels=1, channel_levels=1, alpha=16, decay=0.6)
 
 
 def channel_order(cdf, lengths) -> np.ndarray:
