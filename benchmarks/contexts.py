@@ -80,7 +80,8 @@ def section_contexts(args, prof) -> Dict[str, Any]:
     for f in fam:
         weights = weights_path(f["quality"])
         models = {name: _model(weights, kw) for name, kw in ABLATION.items()}
-        fitted = {name: m.fit_contexts(m.g_a(x) for x in crops) for name, m in models.items()}
+        latents = [models["both"].g_a(x) for x in crops]  # the same frozen g_a in every model
+        fitted = {name: m.fit_contexts(latents) for name, m in models.items()}
         rows = []
         for name, x in images:
             res = evaluate_image(models["both"], x, modes=("static", "static_backward", "static_context"))

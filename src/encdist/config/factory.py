@@ -275,10 +275,12 @@ def _ddp_engine(e: Mapping[str, Any]):
     averaged). So: one process per rank on this node (``engine.num_node_workers``,
     default ``engine.world_size``), ``gloo`` and ``cpu=True`` when there is no GPU or
     ``engine.cpu`` is set, and ``find_unused_parameters`` for parameters the loss does
-    not reach (the bottlenecks' quantiles, trained by the aux loss alone).
+    not reach (the bottlenecks' quantiles, trained by the aux loss alone). Its ranks tear
+    the process group down together (:class:`~encdist.training.engines.BarrierDDPEngine`).
     """
     from accelerate.utils import DistributedDataParallelKwargs
-    from catalyst import dl
+
+    from encdist.training.engines import BarrierDDPEngine
 
     cpu = bool(e.get("cpu")) or not torch.cuda.is_available()
     world_size = e.get("world_size")
@@ -288,7 +290,7 @@ def _ddp_engine(e: Mapping[str, Any]):
         raise ConfigError(f"engine.world_size must be a positive integer, got {world_size!r}")
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=bool(e.get("find_unused_parameters")))
     where = {k: e[k] for k in ("address", "port", "workers_dist_rank") if e.get(k) is not None}
-    return dl.DistributedDataParallelEngine(
+    return BarrierDDPEngine(
         **where,
         world_size=world_size,
         num_node_workers=e.get("num_node_workers") or world_size,

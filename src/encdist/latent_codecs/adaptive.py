@@ -355,10 +355,9 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             eb = self.entropy_bottleneck
             support = table_support(eb, self.num_bins) if eb._offset.numel() else (None, None)
             symbols = t.detach().round() - self.num_bins // 2
-            if o.context:
+            if o.context:  # the encoder offers both (compress): the cheaper per image is what it codes
                 families.append(self._context_likelihoods(symbols, p_hat if o.use_pdf else None, support))
-            else:
-                families.append(self.adaptation.likelihoods(symbols, [p_hat, static] if o.use_pdf else [static], *support))
+            families.append(self.adaptation.likelihoods(symbols, [p_hat, static] if o.use_pdf else [static], *support))
         if not o.backward or o.fallback:
             # Fixed tables: p̂ at the coded symbol, with straight-through gradients to p̂ and y.
             fixed = torch.exp(interp_log_pmf(torch.log(p_hat.clamp_min(1e-9)), t))
@@ -499,7 +498,11 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
             adaptive = self.side_tables(payload, o.ideal)
         families = []
         if o.backward:
-            families.append((self._context_family if o.context else self._backward_family)(sym, adaptive, static))
+            if o.context:
+                # The contexts' tables, and one table per channel: on an image whose statistics the
+                # context tables do not fit (measured: a smooth photograph at low rate), the latter wins.
+                families.append(self._context_family(sym, adaptive, static))
+            families.append(self._backward_family(sym, adaptive, static))
         if not o.backward or o.fallback:
             # Fixed tables: the paper's codec, and the guarantee of never costing more than the static one.
             first = adaptive if adaptive is not None else static
