@@ -338,6 +338,18 @@ class BackwardAdaptation:
             out.append(q[..., inverse].view(n, C, h, w))
         return out
 
+    @staticmethod
+    def _support(sym: Tensor, num_bins: int, lo: Tensor | None, length: Tensor | None) -> Tensor:
+        """The coded support ``(n, C, B)`` of symbols ``(n, C, L)``: the image's ``±radius`` within ``lo … lo+length-1``."""
+        n, C, B, dev = sym.shape[0], sym.shape[1], num_bins, sym.device
+        radius = sym.abs().flatten(1).amax(1).clamp(max=B // 2).view(n, 1, 1)
+        value = torch.arange(B, device=dev).view(1, 1, B) - B // 2
+        inside = value.abs() <= radius
+        if lo is not None:
+            lo_ = lo.to(dev).view(1, C, 1)
+            inside = inside & (value >= lo_) & (value < lo_ + length.to(dev).view(1, C, 1))
+        return inside
+
     def _symbol_counts(self, symbols: Tensor, num_bins: int, device, lo, length, contexts, num_contexts: int):
         """Per symbol, the decayed counts its table holds when it is coded: ``(inside, order, ordered, ctx, seen, total)``.
 
@@ -349,12 +361,7 @@ class BackwardAdaptation:
         n, C, h, w = symbols.shape
         B, dev, X = num_bins, device, int(num_contexts)
         sym = symbols.detach().long().to(dev).reshape(n, C, h * w)
-        radius = sym.abs().flatten(1).amax(1).clamp(max=B // 2).view(n, 1, 1)  # (n, 1, 1)
-        value = torch.arange(B, device=dev).view(1, 1, B) - B // 2
-        inside = value.abs() <= radius
-        if lo is not None:
-            lo_ = lo.to(dev).view(1, C, 1)
-            inside = inside & (value >= lo_) & (value < lo_ + length.to(dev).view(1, C, 1))
+        inside = self._support(sym, B, lo, length)
         order, bounds = block_order((h, w), phases)
         order_t = torch.as_tensor(order, device=dev)
         ordered = sym[..., order_t]  # (n, C, L) in coding order
@@ -438,12 +445,7 @@ class BackwardAdaptation:
         n, C, h, w = symbols.shape
         B, dev = num_bins, device
         sym = symbols.detach().long().to(dev).reshape(n, C, h * w)
-        radius = sym.abs().flatten(1).amax(1).clamp(max=B // 2).view(n, 1, 1)  # (n, 1, 1)
-        value = torch.arange(B, device=dev).view(1, 1, B) - B // 2
-        inside = value.abs() <= radius
-        if lo is not None:
-            lo_ = lo.to(dev).view(1, C, 1)
-            inside = inside & (value >= lo_) & (value < lo_ + length.to(dev).view(1, C, 1))
+        inside = self._support(sym, B, lo, length)
         order, bounds = block_order((h, w), phases)
         nb = len(bounds) - 1
         order_t = torch.as_tensor(order, device=dev)
