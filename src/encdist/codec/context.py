@@ -64,9 +64,9 @@ class ContextModel:
             table, and its learned start (the codec's context tables) is worth trusting longer.
     """
 
-    groups: int = 6
+    groups: int = 8
     spatial_levels: int = 3
-    channel_levels: int = 4
+    channel_levels: int = 3
     alpha: int = 16
     decay: float = 0.9
 
