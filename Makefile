@@ -32,8 +32,9 @@ quickstart: install data
 
 # The RD family of frozen transforms (weights/, MANIFEST.json): trains only what is missing
 # or does not match its checksum (about 100 minutes on 2 CPU cores for the whole family).
+# The hyperprior anchor, same recipe: make base-models BASE_ARGS="--model bmshj2018-hyperprior".
 base-models: install data
-	$(BIN)/python -m encdist.recipes.base_family
+	$(BIN)/python -m encdist.recipes.base_family $(BASE_ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q
