@@ -237,20 +237,16 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         row). Integers throughout (counts, the stored static tables, floor divisions), so
         the same latents give the same tables everywhere.
         """
-        cm, X, B, C = self.context_model, self.context_model.num_contexts, self.num_bins, self.channels
-        order = self._channel_order()
+        X, B, C = self.context_model.num_contexts, self.num_bins, self.channels
         counts = np.zeros((C * X, B), dtype=np.int64)
         images = 0
         with torch.no_grad():
             for y in latents:
-                for sym in self._symbols(y.detach()).cpu().numpy():
-                    s = sym[order]
-                    ctx = np.empty(s.shape, dtype=np.int64)
-                    ctx[order] = cm.contexts(s, cm.thresholds(s), self.adaptation.phases)
-                    rows = np.arange(C).reshape(-1, 1, 1) * X + ctx
-                    bins = np.clip(sym.astype(np.int64) + B // 2, 0, B - 1)
-                    counts += np.bincount((rows * B + bins).ravel(), minlength=C * X * B).reshape(C * X, B)
-                    images += 1
+                sym = self._symbols(y.detach()).cpu()
+                rows = np.arange(C).reshape(1, -1, 1, 1) * X + self.symbol_contexts(sym).numpy()
+                bins = np.clip(sym.numpy().astype(np.int64) + B // 2, 0, B - 1)
+                counts += np.bincount((rows * B + bins).ravel(), minlength=C * X * B).reshape(C * X, B)
+                images += len(sym)
         if reduce is not None:
             counts = np.asarray(reduce(counts), dtype=np.int64)
         w = (counts << 16) + 256 * np.repeat(self._static_bin_freqs(), X, axis=0)
