@@ -470,10 +470,10 @@ class AdaptedPlan:
     ``bits`` is ``(S, C)``: each channel's exact bits from each start (escapes' bypass
     bits left out). ``encode(use)`` codes channel ``c`` from start ``use[c]`` (an int per
     channel). The counts depend on the symbols only, so all starts adapt for the price of
-    one. A latent whose tables fit the budget is planned in one band and its tables kept
-    for ``encode``; a larger one keeps only the counts at each band's start and rebuilds
-    the band's tables while coding, so memory stays bounded (same bytes either way: the
-    coder buffers every symbol until its flush).
+    one. The latent is planned in bands of latent rows; the bands' tables are kept for
+    ``encode`` while together they fit the budget, else only the counts at each band's
+    start are kept and each band's tables rebuilt while coding, so memory stays bounded
+    (same bytes either way: the coder buffers every symbol until its flush).
 
     With ``contexts`` (``(C, h, w)`` context of every symbol, :meth:`ContextModel.contexts
     <encdist.codec.context.ContextModel.contexts>`, ``num_contexts`` of them), channel ``c``
