@@ -247,11 +247,17 @@ class BaseRunner(dl.Runner):
         if not torch.isfinite(loss):
             self._skip_nonfinite(float(loss))
             return
-        self._consecutive_nonfinite = 0
         loss.backward()
-        if self.clip_max_norm > 0:
-            params = [p for g in net.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.clip_max_norm)
+        # A finite loss can still have an infinite gradient (a likelihood at its lower bound);
+        # clipping would turn it into NaN weights, so such a step is skipped like a NaN loss.
+        params = [p for g in net.param_groups for p in g["params"] if p.grad is not None]
+        max_norm = self.clip_max_norm if self.clip_max_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if not torch.isfinite(grad_norm):
+            net.zero_grad(set_to_none=True)
+            self._skip_nonfinite(float(grad_norm), what="gradient norm")
+            return
+        self._consecutive_nonfinite = 0
         net.step()
         self.train_steps += 1
         values = self._rates(out)
@@ -263,19 +269,21 @@ class BaseRunner(dl.Runner):
         if "aux" in self.optimizer and aux_loss.requires_grad:
             aux = self.optimizer["aux"]
             aux.zero_grad(set_to_none=True)
+            if not torch.isfinite(aux_loss):  # the quantiles keep their last finite values
+                return float(aux_loss)
             aux_loss.backward()
             if self.engine.is_ddp:  # the aux loss runs outside the DDP wrapper: average its gradients here
                 _average_gradients([p for g in aux.param_groups for p in g["params"]])
             aux.step()
         return float(aux_loss)
 
-    def _skip_nonfinite(self, value: float) -> None:
+    def _skip_nonfinite(self, value: float, what: str = "loss") -> None:
         self.nonfinite_steps += 1
         self._consecutive_nonfinite += 1
         self.batch_metrics["nonfinite_steps"] = self.nonfinite_steps
         if self._consecutive_nonfinite >= self.max_nonfinite_steps:
             raise NonFiniteLossError(
-                f"loss was {value} for {self._consecutive_nonfinite} consecutive steps "
+                f"{what} was {value} for {self._consecutive_nonfinite} consecutive steps "
                 f"(runner.max_nonfinite_steps={self.max_nonfinite_steps}); weights were not updated by them"
             )
 

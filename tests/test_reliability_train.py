@@ -223,13 +223,16 @@ def test_sigkill_leaves_a_complete_checkpoint_and_resume_continues(tmp_path, pre
 class _NaNInjector(torch.nn.Module):
     """Wraps the criterion: training calls whose index is in ``nan_calls`` get a NaN loss.
 
-    Records the model's state before every training call (``snapshots``).
+    With ``grad=True`` the loss stays finite and its gradient is NaN instead (``sqrt`` at 0
+    times 0), the case of a likelihood at its lower bound. Records the model's state before
+    every training call (``snapshots``).
     """
 
-    def __init__(self, inner, nan_calls, holder):
+    def __init__(self, inner, nan_calls, holder, grad=False):
         super().__init__()
         self.inner = inner
         self.nan_calls = nan_calls
+        self.grad = grad
         self.holder = holder
         self.calls = 0
         self.snapshots = []
@@ -240,12 +243,13 @@ class _NaNInjector(torch.nn.Module):
             model = self.holder["model"]
             self.snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
             if self.nan_calls == "all" or self.calls in self.nan_calls:
-                res = dict(res, loss=res["loss"] * float("nan"))
+                loss = res["loss"]
+                res = dict(res, loss=loss + torch.sqrt(loss * 0) if self.grad else loss * float("nan"))
             self.calls += 1
         return res
 
 
-def _inject(monkeypatch, nan_calls):
+def _inject(monkeypatch, nan_calls, grad=False):
     from encdist.cli import train as cli
 
     holder = {}
@@ -256,7 +260,7 @@ def _inject(monkeypatch, nan_calls):
         return holder["model"]
 
     def create_criterion(conf):
-        holder["criterion"] = _NaNInjector(real_criterion(conf), nan_calls, holder)
+        holder["criterion"] = _NaNInjector(real_criterion(conf), nan_calls, holder, grad)
         return holder["criterion"]
 
     monkeypatch.setattr(cli, "create_model", create_model)
@@ -269,11 +273,12 @@ def _same(a, b) -> bool:
 
 
 @pytest.mark.slow  # trains a few steps (in this process)
-def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch, capfd, pretrained):
+@pytest.mark.parametrize("grad", [False, True], ids=["nan-loss", "nan-gradient"])
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch, capfd, pretrained, grad):
     from encdist.training.checkpoint import safe_load
 
     root = tmp_path / "root"
-    holder = _inject(monkeypatch, {0, 2})  # never two in a row
+    holder = _inject(monkeypatch, {0, 2}, grad)  # never two in a row
     code, out, err = train_inprocess(
         monkeypatch, capfd, root, *TINY, f"paths.pretrained={pretrained}", *NO_INFER,
         "dataset.train.config.num_samples=40", "runner.max_nonfinite_steps=2",
