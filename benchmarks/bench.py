@@ -17,10 +17,12 @@ Sections (one module each; :mod:`report` renders them all):
 1. **rate** (:mod:`rate`): the committed RD family of frozen transforms (``weights/``), the
    distribution codec trained per quality as the quickstart does, the photo corpus' test split
    coded with real bitstreams in five ways plus the static anchor; per point and BD-rates.
-2. **throughput** (:mod:`throughput`): images/s of the adaptive stage's training step vs a full step.
-3. **coding** (:mod:`speed`): compress + decompress of a 768x512 photograph in each way, vs static.
-4. **cost** (:mod:`cost`): parameters and MACs per pixel of the distribution codec vs a hyperprior.
-5. **memory** (:mod:`memory`): peak memory the entropy coding adds at 4K and 8K, M=192 and M=320.
+2. **contexts** (:mod:`contexts`): the context coder's rate, ablation and time on the family (no p̂).
+3. **anchor** (:mod:`anchor`): ``bmshj2018-hyperprior`` trained with the same recipe; BD-rates against it.
+4. **throughput** (:mod:`throughput`): images/s of the adaptive stage's training step vs a full step.
+5. **coding** (:mod:`speed`): compress + decompress of a 768x512 photograph in each way, vs static.
+6. **cost** (:mod:`cost`): parameters and MACs per pixel of the distribution codec vs a hyperprior.
+7. **memory** (:mod:`memory`): peak memory the entropy coding adds at 4K and 8K, M=192 and M=320.
 
 Writes ``benchmarks/results/<machine>.md`` and ``.json`` (``<machine>-quick`` with
 ``--quick``), the rate section's results JSONs and RD figure in ``<machine>-rd/``, and prints
@@ -43,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as C  # noqa: E402
 import torch  # noqa: E402
+from anchor import section_anchor  # noqa: E402
 from contexts import section_contexts  # noqa: E402
 from cost import section_cost  # noqa: E402
 from memory import section_memory  # noqa: E402
@@ -51,7 +54,7 @@ from report import render_md  # noqa: E402
 from speed import section_coding  # noqa: E402
 from throughput import section_throughput  # noqa: E402
 
-SECTIONS = ("rate", "contexts", "throughput", "coding", "cost", "memory")
+SECTIONS = ("rate", "contexts", "anchor", "throughput", "coding", "cost", "memory")
 
 PROFILES: Dict[str, Dict[str, Any]] = {
     # None: the config's own value (quickstart.yaml).
@@ -146,6 +149,9 @@ def main(argv=None) -> int:
     ctx = run("contexts", section_contexts, args, prof)
     if ctx and "targets" in ctx:
         res["targets"].update(ctx["targets"])
+    anc = run("anchor", section_anchor, args, prof, rate if rate and "error" not in rate else None)
+    if anc and "targets" in anc:
+        res["targets"].update(anc["targets"])
     if "throughput" in sections or "coding" in sections:
         model, desc = reference_model(rate if rate and "error" not in rate else None, work, args)
         tp = run("throughput", section_throughput, args, prof, model, desc, device)

@@ -151,16 +151,41 @@ def train_command() -> List[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "encdist.cli.train"]
 
 
+#: What a trained run depends on: a run made at another commit is reused only if these are the same.
+TRAINING_CODE = ("src", "runners", "conf", "pyproject.toml")
+
+
+def same_training_code(made_by: str | None) -> bool:
+    """Whether a run recorded as made by ``made_by`` (``git describe --always --dirty``) ran this code.
+
+    True for this checkout's own version, and for a clean commit whose :data:`TRAINING_CODE` is
+    identical to this checkout's, committed and in the working tree (``git diff --quiet``): a
+    commit that changed only the README or a report trained nothing differently. A dirty or
+    unknown version matches only itself.
+    """
+    from encdist.provenance import code_version
+
+    here = code_version()
+    if here == "unknown" or made_by == here:
+        return True
+    if not made_by or made_by.endswith("-dirty") or made_by == "unknown":
+        return False
+    commit = made_by.rsplit("-g", 1)[-1]
+    try:
+        r = subprocess.run(["git", "diff", "--quiet", commit, "--", *TRAINING_CODE], cwd=ROOT, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0
+
+
 def completed_runs(root: Path) -> Dict[float, Path]:
     """λ -> run folder of adaptive runs under ``root`` that finished all their epochs with this code (latest wins).
 
-    A run made by other code (``infer.json``'s ``meta.code``, :func:`encdist.provenance.code_version`,
-    unless this checkout's version is unknown) is not reused: the benchmark retrains it, so that
-    every number of a report comes from the code that wrote the report.
+    A run made by other code (``infer.json``'s ``meta.code``, see :func:`same_training_code`) is
+    not reused: the benchmark retrains it, so that every number of a report comes from the code
+    that wrote the report.
     """
     from omegaconf import OmegaConf
-
-    from encdist.provenance import code_version
 
     from encdist.training.checkpoint import safe_load
     from encdist.training.run_folder import LAST, RunFolder
@@ -177,7 +202,7 @@ def completed_runs(root: Path) -> Dict[float, Path]:
             state = safe_load(ckpt)
             infer = folder.root / "results" / "infer.json"
             made_by = json.loads(infer.read_text()).get("meta", {}).get("code") if infer.is_file() else None
-            if code_version() != "unknown" and made_by != code_version():
+            if not same_training_code(made_by):
                 continue
             if int(state.get("epoch", 0)) >= int(conf.engine.num_epochs):
                 out[float(conf.criterion.lmbda)] = d

@@ -48,17 +48,17 @@ TARGET_CONTEXT_DEFAULT_GAIN = 6.0  # % of the default with contexts below the pr
 TARGET_TRAINING_RATE = 1.0  # % between the rate a model trains for (bpp_y_loss) and its real y bytes, valid split
 
 
-def _family() -> List[Dict[str, Any]]:
-    """The committed weights that match their manifest (quality, lambda, file, sha256)."""
+def _family(model: str = "bmshj2018-factorized") -> List[Dict[str, Any]]:
+    """The committed weights of ``model`` that match their manifest (quality, lambda, file, sha256)."""
     from encdist.recipes.base_family import FAMILY, load_manifest, verify, weights_path
 
     manifest, bad = load_manifest(), set(verify())
     out = []
     for stage in FAMILY:
-        path = weights_path(stage.quality)
+        path = weights_path(stage.quality, model=model)
         entry = manifest.get(path.name)
         if entry is None or path.name in bad:
-            C.log(f"rate: weights of quality {stage.quality} missing or not matching weights/MANIFEST.json: skipped (make base-models)")
+            C.log(f"{model} q{stage.quality}: weights missing or not matching weights/MANIFEST.json: skipped (make base-models)")
             continue
         out.append({"quality": stage.quality, "lambda": entry["lambda"], "file": C.rel(path), "sha256": entry["sha256"],
                     "steps": entry.get("steps"), "init": entry.get("init"), "train_minutes": entry.get("train_minutes"),
@@ -141,7 +141,7 @@ ARM_MODEL = {"paper": "paper", "fallback": "paper", "static_backward": "adaptive
 
 @torch.no_grad()
 def _evaluate(runs: Dict[str, Path], images) -> Dict[str, Any]:
-    from encdist.codec.bitstream import MODE_BACKWARD, MODE_MIXED, MODE_STATIC, parse_side, unpack_mask
+    from encdist.codec.bitstream import MODE_BACKWARD, MODE_CONTEXT, MODE_MIXED, MODE_STATIC, parse_side, unpack_mask
     from encdist.evaluation.evaluate import evaluate_image
 
     models = {k: _load(r) for k, r in runs.items()}
@@ -151,10 +151,11 @@ def _evaluate(runs: Dict[str, Path], images) -> Dict[str, Any]:
         res = evaluate_image(models["paper"][0], x, modes=("static",) + tuple(a for a in ARMS if ARM_MODEL[a] == "paper"))
         streams: Dict[str, Dict] = {}
         res.update(evaluate_image(models["adaptive"][0], x, modes=tuple(a for a in ARMS if ARM_MODEL[a] == "adaptive"), streams=streams))
-        side = parse_side(streams["adaptive"]["strings"][-1][0], codec.channels, codec.num_bins)
+        side = parse_side(streams["adaptive"]["strings"][-1][0], codec.channels, codec.num_bins, contexts=codec.context_model)
         static_ch = codec.channels if side.base == MODE_STATIC else (
             codec.channels - int(unpack_mask(side.mask, codec.channels).sum()) if side.base == MODE_MIXED else 0)
         rows.append({"image": name, "size": list(x.shape[-2:]), "mode_byte": side.mode, "backward": bool(side.mode & MODE_BACKWARD),
+                     "context": bool(side.mode & MODE_CONTEXT),
                      "static_channels": static_ch, **res})
     return {"rows": rows, "checkpoints": {k: C.rel(m[2]) if m[2] else None for k, m in models.items()},
             "settings": {k: C.train_settings(m[1]) for k, m in models.items()}}
@@ -193,6 +194,7 @@ def _point(f: Dict[str, Any], ev: Dict[str, Any]) -> Dict[str, Any]:
     p["static_picks"] = sum(1 for r in rows if r["mode_byte"] & 0x0F == 0)
     p["mixed_picks"] = sum(1 for r in rows if r["mode_byte"] & 0x0F == 2)
     p["backward_picks"] = sum(1 for r in rows if r["backward"])
+    p["context_picks"] = sum(1 for r in rows if r.get("context"))
     p["static_channels_mean"] = C.mean([r["static_channels"] for r in rows])
     return p
 
@@ -288,18 +290,28 @@ def _write_results(out_dir: Path, points, source: str) -> Dict[str, str]:
     return files
 
 
+def training_settings(prof, fam) -> Dict[str, Any]:
+    """What the trained distribution codecs depend on: the family, both objectives' settings, the code."""
+    pa_conf = C.compose("quickstart", [*PAPER_OBJECTIVE, *C.budget_overrides(prof["paper_epochs"], prof["paper_samples"])])
+    ad_conf = C.compose("quickstart", [*C.budget_overrides(prof["adaptive_epochs"], prof["adaptive_samples"]),
+                                       f"optimizer.net.lr={prof['adaptive_lr']}"])
+    return {"family": [(f["quality"], f["sha256"]) for f in fam], "paper": C.train_settings(pa_conf),
+            "adaptive": C.train_settings(ad_conf) | {"init": "the paper-objective run of the same quality"},
+            "target_size": list(ad_conf.criterion.target_size), "source_hash": C.source_hash()}
+
+
+def work_folder(work: Path, settings: Dict[str, Any], quick: bool) -> Path:
+    """The cache folder of these settings' trained runs (``benchmarks/_work/<profile>-<key>``)."""
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    return work / f"{'quick' if quick else 'full'}-{key}"
+
+
 def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     fam = _family()
     if len(fam) < 1:
         raise RuntimeError("no committed weights match weights/MANIFEST.json: run make base-models")
-    pa_conf = C.compose("quickstart", [*PAPER_OBJECTIVE, *C.budget_overrides(prof["paper_epochs"], prof["paper_samples"])])
-    ad_conf = C.compose("quickstart", [*C.budget_overrides(prof["adaptive_epochs"], prof["adaptive_samples"]),
-                                       f"optimizer.net.lr={prof['adaptive_lr']}"])
-    settings = {"family": [(f["quality"], f["sha256"]) for f in fam], "paper": C.train_settings(pa_conf),
-                "adaptive": C.train_settings(ad_conf) | {"init": "the paper-objective run of the same quality"},
-                "target_size": list(ad_conf.criterion.target_size), "source_hash": C.source_hash()}
-    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    wdir = Path(args.rate_dir).resolve() if args.rate_dir else work / f"{'quick' if args.quick else 'full'}-{key}"
+    settings = training_settings(prof, fam)
+    wdir = Path(args.rate_dir).resolve() if args.rate_dir else work_folder(work, settings, args.quick)
     if args.fresh and wdir.exists() and not args.rate_dir:
         C.log(f"--fresh: removing {C.rel(wdir)}")
         shutil.rmtree(wdir)
@@ -311,6 +323,8 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     runs = _train(prof, fam, wdir)
     out["stages"]["training_s"] = time.perf_counter() - t
     out["runs"] = {str(q): {k: C.rel(v) for k, v in r.items()} for q, r in runs.items()}
+    out["runs_made_by"] = sorted({json.loads((v / "results" / "infer.json").read_text()).get("meta", {}).get("code", "unknown")
+                                  for r in runs.values() for v in r.values()})
 
     source, images = _images(prof.get("rate_images"))
     out["images"] = {"source": source, "names": [n for n, _ in images], "sizes": [list(x.shape[-2:]) for _, x in images]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 import common as C
+from anchor import md_anchor
 from contexts import md_contexts
 from rate import ARM_LABELS, ARMS
 
@@ -39,11 +40,11 @@ def render_md(res: Dict[str, Any]) -> str:
     ]
     for name, t in res["targets"].items():
         v = t.get("value")
-        unit = ("x" if name.startswith(("train_speedup", "coding_ratio", "context_time")) else " %" if name.startswith(("gap_closed", "side_share", "phat", "training_rate", "context_gain", "context_default_gain"))
+        unit = ("x" if name.startswith(("train_speedup", "coding_ratio", "context_time")) else " %" if name.startswith(("gap_closed", "side_share", "phat", "training_rate", "context_gain", "context_default_gain", "anchor"))
                 else " MB" if name.startswith("memory") else " dB" if name.startswith("family") else "")
         L.append(f"| {name}: {t['target']} | {C.fmt(v, '.2f')}{unit if v is not None else ''} | {C.met(t.get('met'))} |")
     L.append("")
-    for sec, fn in (("rate", _md_rate), ("contexts", md_contexts), ("throughput", _md_throughput), ("coding", _md_coding), ("cost", _md_cost),
+    for sec, fn in (("rate", _md_rate), ("contexts", md_contexts), ("anchor", md_anchor), ("throughput", _md_throughput), ("coding", _md_coding), ("cost", _md_cost),
                     ("memory", _md_memory)):
         r = res["sections"].get(sec)
         if r is None:
@@ -183,6 +184,9 @@ def _md_rate(r: Dict[str, Any]) -> List[str]:
              f"epochs of {ad['num_samples']} crops, lr {ad['lr_net']}. (c) and (e) use no p̂. "
              f"Test images: {len(im['names'])} from `{im['source']}` ({', '.join(im['names'])}). Every rate counts every byte written "
              "(side stream and header included); every way of coding decodes to the same PSNR (same transforms).")
+    if r.get("runs_made_by"):
+        L.append(f"The distribution codecs were trained by code version {', '.join(f'`{c}`' for c in r['runs_made_by'])} (`infer.json`'s "
+                 "`meta.code`; a run is reused only if `src/`, `runners/`, `conf/` and `pyproject.toml` are unchanged since).")
     L.append("")
     L.append("The frozen transforms (`weights/MANIFEST.json`; PSNR and rate of the static bottleneck on the test split, "
              "measured here from the committed float16 weights; valid PSNR of the training run's forward pass after each epoch):")
@@ -217,9 +221,10 @@ def _md_rate(r: Dict[str, Any]) -> List[str]:
         L.append(f"| {ARM_LABELS[a]} |" + "".join(f" {C.fmt(p['gap_closed_' + a + '_pct'], '.1f')} % |" for p in pts))
     L.append("| (d') vs (c'): what p̂ adds inside the context coder |" + "".join(f" {C.fmt(p.get('adaptive_vs_static_context_pct'), '+.2f')} % |" for p in pts))
     L.append("| (d') vs (d): what contexts add to the default |" + "".join(f" {C.fmt(p.get('adaptive_vs_backward_pct'), '+.2f')} % |" for p in pts))
-    L.append("| side stream share of (d) / of (a) |" + "".join(f" {p['side_share_adaptive_pct']:.2f} / {p['side_share_paper_pct']:.2f} % |" for p in pts))
-    L.append("| (d): images coded from the static start / with mixed tables / backward-adapted |"
-             + "".join(f" {p['static_picks']} / {p['mixed_picks']} / {p['backward_picks']} of {p['num_images']} |" for p in pts))
+    L.append("| side stream share of (d') / of (a) |" + "".join(f" {p['side_share_adaptive_pct']:.2f} / {p['side_share_paper_pct']:.2f} % |" for p in pts))
+    L.append("| (d'): images coded from the static start / with mixed tables / backward-adapted (of which with contexts) |"
+             + "".join(f" {p['static_picks']} / {p['mixed_picks']} / {p['backward_picks']} ({p.get('context_picks', 'n/a')}) of {p['num_images']} |"
+                       for p in pts))
     L.append("")
     ref = r.get("paper", {})
     if "gap_closed_pct" in ref:

@@ -35,3 +35,24 @@ def test_runs_of_other_code_are_not_reused(tmp_path):
         assert set(found) == {0.1, 0.2}
     else:
         assert found == {0.1: ours}
+
+
+def test_runs_of_a_commit_with_the_same_training_code_are_reused():
+    """A run made at an earlier commit counts when src, runners, conf and pyproject.toml are unchanged since."""
+    import subprocess
+
+    import common as C
+
+    from encdist.provenance import code_version
+
+    if code_version() == "unknown":
+        return
+    git = lambda *a: subprocess.run(["git", *a], cwd=C.ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    last = git("log", "-1", "--format=%h", "--", *C.TRAINING_CODE)  # the last commit that changed the training code
+    dirty = git("status", "--porcelain", "--", *C.TRAINING_CODE)
+    assert C.same_training_code(last) == (not dirty)
+    if code_version() != f"{last}-dirty":  # a dirty tree's runs match only that same tree
+        assert not C.same_training_code(f"{last}-dirty")
+    parent = git("rev-parse", "--short", f"{last}~1")
+    if parent:  # absent in a shallow clone
+        assert not C.same_training_code(parent), "the commit before the last change to the training code"
