@@ -63,6 +63,27 @@ def _bd(anchor: List[Dict[str, float]], test: List[Dict[str, float]]) -> Dict[st
     return out
 
 
+def _pareto(points: List[Dict[str, float]]) -> List[Dict[str, float]]:
+    """The points no other point beats on both rate and PSNR, by rate."""
+    return sorted((p for p in points if not any(q["bpp"] <= p["bpp"] and q["psnr"] > p["psnr"] for q in points)),
+                  key=lambda p: p["bpp"])
+
+
+def _at_equal_psnr(anchor: List[Dict[str, float]], test: List[Dict[str, float]]) -> List[Dict[str, Any]]:
+    """Each test point's rate against the anchor's at the same PSNR: log-rate interpolated linearly in
+    PSNR between the anchor's non-dominated points (test points outside their PSNR range are left out)."""
+    import numpy as np
+
+    front = _pareto(anchor)
+    ps, lr = np.array([p["psnr"] for p in front]), np.log([p["bpp"] for p in front])
+    out = []
+    for t in test:
+        if len(front) >= 2 and ps.min() <= t["psnr"] <= ps.max():
+            ref = float(np.exp(np.interp(t["psnr"], ps, lr)))
+            out.append({"psnr": t["psnr"], "bpp": t["bpp"], "anchor_bpp": ref, "diff_pct": 100 * (t["bpp"] / ref - 1)})
+    return out
+
+
 @torch.no_grad()
 def _decode_times(fact, hyper, reps: int) -> Dict[str, Any]:
     """Median decode time of a 768x512 photograph, the two decoders alternating."""
@@ -134,10 +155,15 @@ def section_anchor(args, prof, rate: Dict[str, Any] | None) -> Dict[str, Any]:
     out: Dict[str, Any] = {"model": MODEL, "source": source, "family": fam, "points": points,
                            "psnr_span_db": max(p["psnr"] for p in points) - min(p["psnr"] for p in points)}
     out["bd_rate"] = {"hyperprior_z_context": _bd(anchor, [{"bpp": p["bpp_hyperprior_z_context"], "psnr": p["psnr"]} for p in points])}
+    dominated = [p["quality"] for p, a in zip(points, anchor) if a not in _pareto(anchor)]
+    out["anchor_dominated_qualities"] = dominated
+    out["equal_psnr"] = {}
     if rate and rate.get("points"):
         for arm in ("adaptive", "backward", "static"):
             key = "bpp_static" if arm == "static" else f"bpp_{arm}"
-            out["bd_rate"][f"factorized_{arm}"] = _bd(anchor, [{"bpp": p[key], "psnr": p["psnr"]} for p in rate["points"]])
+            test = [{"bpp": p[key], "psnr": p["psnr"]} for p in rate["points"]]
+            out["bd_rate"][f"factorized_{arm}"] = _bd(anchor, test)
+            out["equal_psnr"][f"factorized_{arm}"] = _at_equal_psnr(anchor, test)
         # The quickstart's quality (the rate section's trained model) against the hyperprior of that quality.
         fact, desc = reference_model(rate, None, args)
         fact = fact.eval()
@@ -176,6 +202,20 @@ def md_anchor(r: Dict[str, Any]) -> List[str]:
         if k in r["bd_rate"]:
             v = r["bd_rate"][k]
             L.append(f"| {label} | " + " | ".join(C.fmt(v[m], '+.2f') + " %" if isinstance(v[m], float) else str(v[m]) for m in ("cubic", "pchip")) + " |")
+    if r.get("anchor_dominated_qualities"):
+        L += ["", f"The anchor's {', '.join(f'q{q}' for q in r['anchor_dominated_qualities'])}: dominated by another of its points (fewer "
+              "bits and more PSNR), so its PSNR does not increase with λ and the BD fits above pass through a fold. Rate at equal PSNR "
+              "against the anchor's non-dominated points instead (log-rate interpolated linearly in PSNR; factorized points outside "
+              "their PSNR range left out):"]
+    if r.get("equal_psnr", {}).get("factorized_adaptive"):
+        L += ["", "| factorized point (PSNR dB) | " + " | ".join(f"{e['psnr']:.2f}" for e in r["equal_psnr"].get("factorized_adaptive", []))
+              + " | mean |", "|---|" + "---|" * (len(r["equal_psnr"].get("factorized_adaptive", [])) + 1)]
+        for k in ("factorized_adaptive", "factorized_backward", "factorized_static"):
+            rows = r["equal_psnr"].get(k, [])
+            if rows:
+                mean = sum(e["diff_pct"] for e in rows) / len(rows)
+                L.append(f"| {labels[k]}: rate vs the hyperprior at equal PSNR | " + " | ".join(f"{e['diff_pct']:+.2f} %" for e in rows)
+                         + f" | {mean:+.2f} % |")
     if "decode" in r:
         d, mac = r["decode"], r["mac_per_px"]
         L += ["", f"Decoder cost at 768x512 ({d['image']}; median of {d['reps']} alternating decodes): factorized with the default coder "

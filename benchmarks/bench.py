@@ -86,6 +86,7 @@ def parse_args(argv=None):
     p.add_argument("--paper-samples", type=int, help="train crops per paper-objective epoch")
     p.add_argument("--adaptive-epochs", type=int, help="epochs of the default-objective fine-tuning")
     p.add_argument("--adaptive-samples", type=int, help="train crops per default-objective epoch")
+    p.add_argument("--ablation-images", help="comma-separated train-photo counts of the corpus-size ablation ('' skips it)")
     p.add_argument("--tp-steps", type=int, help="measured throughput steps per arm")
     p.add_argument("--tp-batch", type=int)
     p.add_argument("--coding-reps", type=int)
@@ -109,6 +110,8 @@ def main(argv=None) -> int:
                  "adaptive_epochs": args.adaptive_epochs, "adaptive_samples": args.adaptive_samples,
                  "tp_steps": args.tp_steps, "tp_batch": args.tp_batch, "coding_reps": args.coding_reps}
     prof.update({k: v for k, v in overrides.items() if v})
+    if args.ablation_images is not None:
+        prof["ablation_images"] = tuple(int(v) for v in args.ablation_images.split(",") if v.strip())
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
