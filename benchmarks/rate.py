@@ -245,10 +245,10 @@ def _figure(curves, refs, source: str):
     plot_rd(curves, ax=ax_ours, title=f"encdist on {source} (real bytes)")
     static = next(c for c in curves if c["name"] == "static bottleneck")["results"]
     s_bpp, lam = np.asarray(static["bpp"], float), np.asarray(static["criterion.lmbda"], float)
-    for c in curves:
+    for i, c in enumerate(curves):  # colour i: the colour plot_rd gave the same curve in the first panel
         if c is not None and c["name"] != "static bottleneck":
             gap = 100 * (np.asarray(c["results"]["bpp"], float) / s_bpp - 1)
-            ax_gap.plot(lam, gap, marker="o", markersize=4, label=c["name"])
+            ax_gap.plot(lam, gap, marker="o", markersize=4, label=c["name"], color=f"C{i % 10}")
     ax_gap.axhline(0, color="0.5", lw=0.8)
     ax_gap.set_xscale("log")
     ax_gap.set_xlabel("λ (the family's qualities)")
