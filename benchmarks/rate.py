@@ -42,7 +42,7 @@ ARM_LABELS = {
 }
 #: Targets (issue 14), reported, never asserted.
 TARGET_PAPER_GAP = 80.0  # % of the static -> ideal gap closed by the paper's codec (the paper: 83 % on Kodak)
-TARGET_PHAT_GAIN = 1.5  # % rate of the default below (c): p̂ must earn its side bits inside the adaptive coder
+TARGET_PHAT_GAIN = 1.5  # % rate of the default (d') below (c'), the same coder without p̂: p̂ must earn its side bits
 TARGET_SIDE_SHARE = 1.0  # % of the total rate spent on the side stream, at every lambda
 TARGET_CONTEXT_DEFAULT_GAIN = 6.0  # % of the default with contexts below the previous default (issue 18)
 TARGET_TRAINING_RATE = 1.0  # % between the rate a model trains for (bpp_y_loss) and its real y bytes, valid split
@@ -368,9 +368,12 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
 
     side = max(p["side_share_adaptive_pct"] for p in points)
     paper_gap = out["gap_closed"]["paper"]["cubic"]
-    gain = [-p["adaptive_vs_static_backward_pct"] for p in points]
+    # What p̂ adds: the default against the same coder without p̂ ((c'), contexts and all), not against (c),
+    # whose gap to the default also holds what contexts add.
+    gain = [-p["adaptive_vs_static_context_pct"] for p in points]
     train_err = max(abs(p["evidence"]["training_rate"]["adaptive"]["valid"]["rel_error_pct"]) for p in points)
     ctx_gain = [-p["adaptive_vs_backward_pct"] for p in points]
+    worst = max(r["adaptive"]["bpp"] / r["static"]["bpp"] for rows in per_image.values() for r in rows)
     out["targets"] = {
         "context_default_gain": {"target": f"the default with contexts >= {TARGET_CONTEXT_DEFAULT_GAIN:g} % below (d) at every λ (min over λ)",
                                  "value": min(ctx_gain), "met": min(ctx_gain) >= TARGET_CONTEXT_DEFAULT_GAIN},
@@ -380,8 +383,11 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
                              "met": out["psnr_span_db"] >= 3.0 and all(b > a for a, b in zip(psnrs, psnrs[1:]))},
         "gap_closed_paper": {"target": f"the paper's codec closes >= {TARGET_PAPER_GAP:g} % of the static→ideal gap (BD-rate, cubic)",
                              "value": paper_gap, "met": None if paper_gap is None else paper_gap >= TARGET_PAPER_GAP},
-        "phat_gain": {"target": f"the default's rate >= {TARGET_PHAT_GAIN:g} % below (c) at every λ (min over λ)",
+        "phat_gain": {"target": f"p̂ inside the adaptive coder: the default (d') >= {TARGET_PHAT_GAIN:g} % below (c') at every λ (min over λ)",
                       "value": min(gain), "met": min(gain) >= TARGET_PHAT_GAIN},
+        "default_never_above_static": {"target": "the default (d') never above the static bottleneck on a test image "
+                                                 "(real bytes, every λ; max ratio (d') / static)",
+                                       "value": worst, "met": worst <= 1.0},
         "side_share": {"target": f"side stream <= {TARGET_SIDE_SHARE:g} % of the rate at every λ (max over λ)",
                        "value": side, "met": side <= TARGET_SIDE_SHARE},
         "training_rate": {"target": f"the default's training bpp_y_loss within {TARGET_TRAINING_RATE:g} % of its real y bytes on the valid split "

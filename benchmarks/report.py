@@ -40,7 +40,7 @@ def render_md(res: Dict[str, Any]) -> str:
     ]
     for name, t in res["targets"].items():
         v = t.get("value")
-        unit = ("x" if name.startswith(("train_speedup", "coding_ratio", "context_time")) else " %" if name.startswith(("gap_closed", "side_share", "phat", "training_rate", "context_gain", "context_default_gain", "anchor"))
+        unit = ("x" if name.startswith(("train_speedup", "coding_ratio", "context_time", "default_never_above")) else " %" if name.startswith(("gap_closed", "side_share", "phat", "training_rate", "context_gain", "context_default_gain", "anchor"))
                 else " MB" if name.startswith("memory") else " dB" if name.startswith("family") else "")
         L.append(f"| {name}: {t['target']} | {C.fmt(v, '.2f')}{unit if v is not None else ''} | {C.met(t.get('met'))} |")
     L.append("")
