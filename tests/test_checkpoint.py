@@ -95,6 +95,27 @@ def test_atomic_save_failure_keeps_old_file_and_cleans_up(tmp_path):
     assert _temporaries(tmp_path) == []
 
 
+def test_atomic_save_removes_dead_writers_temporaries_of_every_checkpoint(tmp_path):
+    """A writer killed while saving "best" leaves a temporary; saving "last" removes it (a resumed run
+    may never save "best" again). A live writer's temporary is kept."""
+    import subprocess
+    import sys
+
+    from encdist.training.checkpoint import _tmp_prefix
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    best, last = tmp_path / "runner.best.pth", tmp_path / "runner.last.pth"
+    stale = tmp_path / f"{_tmp_prefix(best)}{dead.pid}-abc123"
+    alive = tmp_path / f"{_tmp_prefix(best)}{os.getppid()}-def456"
+    stale.write_bytes(b"partial")
+    alive.write_bytes(b"being written")
+    atomic_save(_version(1), last)
+    assert not stale.exists(), "a dead writer's temporary of another checkpoint is removed"
+    assert alive.exists(), "a live writer's temporary is left alone"
+    assert _check_complete(last, 1) == 1
+
+
 def test_atomic_save_unwritable_location_is_checkpoint_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -63,22 +63,32 @@ def _umask() -> int:
     return mask
 
 
-def _tmp_prefix(path: Path) -> str:
+def _host_tag() -> str:
     host = re.sub(r"[^0-9A-Za-z_-]", "_", socket.gethostname())[:32] or "host"
-    return f".{path.name}{_TMP_TAG}{host}-"
+    return f"{_TMP_TAG}{host}-"
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}{_host_tag()}"
 
 
 def _remove_stale_temporaries(path: Path) -> None:
-    """Delete temporaries left by writers (on this host) that no longer run."""
-    prefix = _tmp_prefix(path)
+    """Delete temporaries left in ``path``'s folder by writers (on this host) that no longer run.
+
+    Those of every checkpoint there, not only ``path``'s: a writer killed while saving
+    ``runner.best.pth`` leaves a temporary that a resumed run, which may never improve on
+    "best", would otherwise keep forever.
+    """
+    tag = _host_tag()
     try:
         names = os.listdir(path.parent)
     except OSError:
         return
     for name in names:
-        if not name.startswith(prefix):
+        at = name.find(tag)
+        if not name.startswith(".") or at < 0:
             continue
-        pid_text = name[len(prefix):].split("-", 1)[0]
+        pid_text = name[at + len(tag):].split("-", 1)[0]
         if not pid_text.isdigit():
             continue
         pid = int(pid_text)
