@@ -166,7 +166,7 @@ def test_file_round_trip_and_refusals(golden):
     newer[4] += 1
     with pytest.raises(BitstreamError, match="format version"):
         bs.unpack_file(bytes(newer))
-    for version in (1, 2):  # 1 rebuilt tables from floats, 2 had no context tables: refused, saying so
+    for version in (1, 2, 3):  # 1: tables from floats, 2: no context tables, 3: two-byte thresholds: refused, saying so
         older = bytearray(data)
         older[4] = version
         with pytest.raises(BitstreamError, match=f"format version {version}: .*re-encode") as info:

@@ -66,6 +66,31 @@ def test_context_model_fields():
     assert no.num_contexts == 1 and no.num_thresholds == 0 and no.pack_thresholds(no.thresholds(_spread_symbols())) == b""
 
 
+def test_thresholds_field_is_compact_exact_and_bounded():
+    """Exp-Golomb steps: the encoder's thresholds round-trip in fewer bytes than two each; any bytes parse or are refused."""
+    m = ContextModel()
+    rng = np.random.default_rng(3)
+    for scale in (0.3, 1.0, 3.0):
+        t = m.thresholds(np.round(rng.laplace(size=(64, 8, 12)) * scale).astype(np.int64))
+        data = m.pack_thresholds(t)
+        assert len(data) < 2 * m.num_thresholds
+        back, rest = m.unpack_thresholds(data + b"z")
+        np.testing.assert_array_equal(back, t)
+        assert rest == b"z"
+    top = np.full((m.groups - 1, m.channel_levels - 1), 0xFFFF)
+    np.testing.assert_array_equal(m.unpack_thresholds(m.pack_thresholds(top))[0], top)
+    with pytest.raises(ValueError, match="must not decrease"):
+        m.pack_thresholds(top - np.arange(top.size).reshape(top.shape))
+    for _ in range(500):
+        data = rng.integers(0, 256, size=int(rng.integers(0, 24))).astype(np.uint8).tobytes()
+        try:
+            t, _ = m.unpack_thresholds(data)
+        except BitstreamError as e:
+            assert "\n" not in str(e)
+        else:
+            assert t.shape == top.shape and (t >= 0).all() and (t <= 0xFFFF).all()
+
+
 def test_channel_order_is_a_permutation_from_the_integer_tables():
     codec = real_codec()
     order = codec._channel_order()

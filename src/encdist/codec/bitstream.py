@@ -27,7 +27,8 @@ their ``GaussianConditional`` ``y`` strings first, each behind the crc32 of its 
                  (the static baseline, ``CodingOptions(adaptive=False)``, writes the header alone:
                  MODE_STATIC and its checksum, behind CompressAI's own y bytes)
     payload:     [radius: 1 byte, if MODE_BACKWARD]
-                 [context thresholds: 2 bytes each, (G-1)·(Q-1) of them, if MODE_CONTEXT]
+                 [context thresholds, if MODE_CONTEXT: (G-1)·(Q-1) Exp-Golomb codes of their
+                  steps behind a 3-bit order, to whole bytes (ContextModel.pack_thresholds)]
                  then, by the mode's low bits,
                    MODE_STATIC   nothing
                    MODE_ADAPTIVE side strings of p̂ (the pdf model's EntropyBottleneck stream),
@@ -128,10 +129,12 @@ __all__ = [
 #: Version of this format (side stream, y-symbol order, tables, file container).
 #: 2: a checksummed header on static streams too; p̂'s and ideal mode's tables integers only.
 #: 3: context-adaptive coding (MODE_CONTEXT), and the codec's context tables in the model's fingerprint.
-FORMAT_VERSION = 3
+#: 4: the context thresholds as Exp-Golomb codes of their steps (two bytes each in version 3).
+FORMAT_VERSION = 4
 #: Why a file of an older version is refused (re-encoding it with this version is the fix).
 _OLD_VERSIONS = {1: "version 1 rebuilt tables with float arithmetic",
-                 2: "its model had no context tables, so its fingerprint no longer matches"}
+                 2: "its model had no context tables, so its fingerprint no longer matches",
+                 3: "version 3 wrote the context thresholds in two bytes each"}
 
 MODE_STATIC = 0
 MODE_ADAPTIVE = 1

@@ -20,8 +20,8 @@ symbols the decoder already has, so the structure is used at no side cost:
         context        x = s·Q + q    →  channel c's table x of this block
 
 ``T_g`` (``Q-1`` thresholds per group after the first) are the image's quantiles of the
-channel statistic, chosen by the encoder and sent in the side stream (two bytes each), so
-the channel levels are balanced at every rate. Within a block, the groups are decoded one
+channel statistic, chosen by the encoder and sent in the side stream (Exp-Golomb codes of
+their steps, :meth:`ContextModel.pack_thresholds`), so the channel levels are balanced at every rate. Within a block, the groups are decoded one
 after another (one rANS call each), so a symbol's channel context only uses groups decoded
 before it: a block costs ``G`` batched calls, ``h·P·G`` per image, never one per symbol.
 The counts behind every table are updated once per block, as without contexts, so the
@@ -49,6 +49,54 @@ from encdist.errors import BitstreamError
 __all__ = ["ContextModel", "channel_order"]
 
 _LIMITS = {"groups": 8, "spatial_levels": 4, "channel_levels": 8}
+_THRESHOLD_MAX = 0xFFFF
+_EG_ORDERS = 8  # Exp-Golomb orders the side stream can name (3 bits)
+_EG_MAX_PREFIX = 16  # longest zero prefix of a step's code (a step is at most 0xFFFF: 17 bits with k=0)
+
+
+def _eg_bits(v: int, k: int) -> int:
+    """Bits of the order-``k`` Exp-Golomb code of ``v >= 0``."""
+    return 2 * (v + (1 << k)).bit_length() - 1 - k
+
+
+def _threshold_steps(t: np.ndarray) -> np.ndarray:
+    """``t[0,0]``, then ``t[g,0] - t[g-1,0]`` down the first column and ``t[g,q] - t[g,q-1]`` along rows."""
+    steps = np.diff(t, axis=1, prepend=0)
+    steps[:, 0] = np.diff(t[:, 0], prepend=0)
+    return steps
+
+
+class _BitReader:
+    """Most-significant-bit-first reads from bytes; running out is a :class:`BitstreamError`."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = bytes(data), 0
+
+    def _bit(self) -> int:
+        if self.pos >= 8 * len(self.data):
+            raise BitstreamError(f"pdf stream: {len(self.data)} bytes end inside its context thresholds")
+        b = (self.data[self.pos >> 3] >> (7 - (self.pos & 7))) & 1
+        self.pos += 1
+        return b
+
+    def read(self, n: int) -> int:
+        v = 0
+        for _ in range(n):
+            v = (v << 1) | self._bit()
+        return v
+
+    def zeros(self, most: int) -> int:
+        """Zero bits before the next one bit (consumed), at most ``most``."""
+        z = 0
+        while not self._bit():
+            z += 1
+            if z > most:
+                raise BitstreamError("pdf stream: invalid context threshold code (corrupt stream?)")
+        return z
+
+    @property
+    def bytes_read(self) -> int:
+        return (self.pos + 7) >> 3
 
 
 @dataclass(frozen=True)
@@ -102,20 +150,51 @@ class ContextModel:
 
     # ------------------------------------------------------------------ stream field
     def pack_thresholds(self, thresholds: np.ndarray) -> bytes:
-        """Side-stream field: the ``(G-1)·(Q-1)`` thresholds, two bytes each, big-endian."""
-        t = np.asarray(thresholds, dtype=np.int64).ravel()
-        if len(t) != self.num_thresholds or (t < 0).any() or (t > 0xFFFF).any():
-            raise ValueError(f"expected {self.num_thresholds} thresholds in 0..65535, got {t.tolist()}")
-        return struct.pack(f">{len(t)}H", *t.tolist())
+        """Side-stream field: the ``(G-1)·(Q-1)`` thresholds as Exp-Golomb codes of their steps.
+
+        The encoder's thresholds never decrease along a group's levels, nor from one group's
+        first to the next group's first (a later group's statistic sums more channels, so it is
+        pointwise at least as large, and so are its quantiles; the clip to two bytes keeps the
+        order). So each is sent as its step from the one before it, a small non-negative
+        integer: ``t[0,0]``, ``t[g,0] - t[g-1,0]``, ``t[g,q] - t[g,q-1]``, Exp-Golomb of order
+        ``k`` (3 bits, the encoder's cheapest ``k``), zero-padded to whole bytes. About 8 bytes
+        at low rate where two bytes each took 28 (``G=8``, ``Q=3``). Thresholds out of that order
+        or of 0..65535 are a caller's error (``ValueError``).
+        """
+        t = np.asarray(thresholds, dtype=np.int64).reshape(-1)
+        if len(t) != self.num_thresholds or (t < 0).any() or (t > _THRESHOLD_MAX).any():
+            raise ValueError(f"expected {self.num_thresholds} thresholds in 0..{_THRESHOLD_MAX}, got {t.tolist()}")
+        if not len(t):
+            return b""
+        steps = _threshold_steps(t.reshape(self.groups - 1, self.channel_levels - 1)).ravel()
+        if (steps < 0).any():
+            raise ValueError(f"context thresholds must not decrease along a group nor between groups' first, got {t.tolist()}")
+        k = min(range(_EG_ORDERS), key=lambda k: sum(_eg_bits(int(v), k) for v in steps))
+        bits = [format(k, "03b")]
+        for v in steps.tolist():
+            u = v + (1 << k)
+            bits.append("0" * (u.bit_length() - 1 - k) + format(u, "b"))
+        s = "".join(bits)
+        s += "0" * (-len(s) % 8)
+        return int(s, 2).to_bytes(len(s) // 8, "big")
 
     def unpack_thresholds(self, data: bytes) -> Tuple[np.ndarray, bytes]:
-        """``(thresholds (G-1, Q-1), rest)`` from the start of ``data``; :class:`BitstreamError` if too short."""
+        """``(thresholds (G-1, Q-1), rest)`` from the start of ``data``; :class:`BitstreamError` if malformed."""
         n = self.num_thresholds
-        if len(data) < 2 * n:
-            raise BitstreamError(f"pdf stream: {len(data)} bytes is shorter than its {n} context thresholds")
-        t = np.array(struct.unpack_from(f">{n}H", data), dtype=np.int64)
-        t = t.reshape(self.groups - 1, self.channel_levels - 1) if n else np.zeros((0, 0), np.int64)
-        return t, bytes(data[2 * n:])
+        if not n:
+            return np.zeros((0, 0), np.int64), bytes(data)
+        reader = _BitReader(data)
+        k = reader.read(3)
+        steps = []
+        for _ in range(n):
+            zeros = reader.zeros(_EG_MAX_PREFIX)
+            steps.append(((1 << (zeros + k)) | reader.read(zeros + k)) - (1 << k))  # the leading one is read
+        steps = np.asarray(steps, dtype=np.int64).reshape(self.groups - 1, self.channel_levels - 1)
+        t = np.cumsum(steps, axis=1)
+        t += np.cumsum(steps[:, :1], axis=0) - steps[:, :1]
+        if (t > _THRESHOLD_MAX).any():
+            raise BitstreamError(f"pdf stream: context thresholds over {_THRESHOLD_MAX} (corrupt stream?)")
+        return t, bytes(data[reader.bytes_read:])
 
     # ------------------------------------------------------------------ groups and levels
     def group_bounds(self, channels: int) -> List[int]:
