@@ -44,6 +44,35 @@ def test_decoder_contexts_use_only_decoded_symbols_and_match_the_encoders(model,
                 decoded[g0:g1, r, cols] = sym[g0:g1, r, cols]
 
 
+@pytest.mark.parametrize("model", [ContextModel(), ContextModel(groups=3, spatial_levels=2, channel_levels=3)])
+def test_band_contexts_in_model_order_match_the_whole_latents(model):
+    """The encoder's bounded-memory path: contexts of each band of rows, read through the channel
+    order from the model-order latent, are those of the whole reordered latent; the plan built
+    band by band from them (no cache: every band planned again) codes the same bytes."""
+    from encdist.codec.backward import BackwardAdaptation
+
+    sym = _spread_symbols(C=12, h=11, w=9, seed=4)
+    order = np.random.default_rng(0).permutation(12)
+    s = sym[order]
+    t = model.thresholds(s)
+    np.testing.assert_array_equal(model.thresholds(sym, order), t)
+    whole = model.contexts(s, t, 2)
+    for r0, r1 in ((0, 1), (0, 4), (3, 7), (10, 11), (0, 11)):
+        np.testing.assert_array_equal(model.contexts(sym, t, 2, (r0, r1), order), whole[:, r0:r1])
+    K = 2 * int(np.abs(sym).max()) + 2
+    freqs = np.full((1, 12 * model.num_contexts, K), (1 << 16) // K)
+    freqs[..., 0] += (1 << 16) - freqs.sum(-1)
+    lo, length = np.full(12, -int(np.abs(sym).max())), np.full(12, K - 1)
+    ref = BackwardAdaptation(budget=1 << 30).plan(s, freqs, lo, length, whole, model.num_contexts)
+    small = BackwardAdaptation(budget=20_000)
+    banded = small.plan(sym, freqs, lo, length, lambda r0, r1: model.contexts(sym, t, 2, (r0, r1), order),
+                        model.num_contexts, order)
+    assert len(banded.bands) > 1 and banded._cache is None
+    np.testing.assert_array_equal(banded.bits, ref.bits)
+    use = np.zeros(12, dtype=np.int64)
+    assert banded.encode(use) == ref.encode(use)
+
+
 def test_context_model_fields():
     m = ContextModel()
     assert m.num_contexts == m.spatial_levels * m.channel_levels

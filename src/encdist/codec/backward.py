@@ -264,14 +264,15 @@ class BackwardAdaptation:
         # per latent row: the dense block histograms (int64) of every table row; the tables some
         # symbol uses (at most C·min(w, P·X): int32 per start, int64 work, Python lists while
         # coding); the row's symbols as Python lists.
+        # With contexts, the band's contexts and their temporaries (int32 and int64).
         used = C * min(w, P * contexts)
-        per_row = 16 * P * C * contexts * (K + 1) + used * (K + 1) * (4 * starts + 80) + C * w * 80
+        per_row = 16 * P * C * contexts * (K + 1) + used * (K + 1) * (4 * starts + 80) + C * w * (80 if contexts == 1 else 120)
         return max(1, int(self.budget) // per_row)
 
-    def plan(self, symbols, base_freqs, offsets, lengths, contexts: np.ndarray | None = None,
-             num_contexts: int = 1) -> "AdaptedPlan":
+    def plan(self, symbols, base_freqs, offsets, lengths, contexts=None, num_contexts: int = 1,
+             channels: np.ndarray | None = None) -> "AdaptedPlan":
         """Encoder side: exact bits of each channel under each start, and an encoder; see :class:`AdaptedPlan`."""
-        return AdaptedPlan(self, symbols, base_freqs, offsets, lengths, contexts, num_contexts)
+        return AdaptedPlan(self, symbols, base_freqs, offsets, lengths, contexts, num_contexts, channels)
 
     def decode(self, decoder, shape, base_freq, offsets, lengths, contexts=None, thresholds=None) -> np.ndarray:
         """Decoder side: ``(C, h, w)`` int32 symbols, block by block (:func:`decode_adapted`)."""
@@ -471,42 +472,51 @@ class AdaptedPlan:
     bits left out). ``encode(use)`` codes channel ``c`` from start ``use[c]`` (an int per
     channel). The counts depend on the symbols only, so all starts adapt for the price of
     one. The latent is planned in bands of latent rows; the bands' tables are kept for
-    ``encode`` while together they fit the budget, else only the counts at each band's
-    start are kept and each band's tables rebuilt while coding, so memory stays bounded
-    (same bytes either way: the coder buffers every symbol until its flush).
+    ``encode`` while together they fit the budget, else nothing is kept and ``encode``
+    plans the bands again, one at a time, so memory stays bounded whatever the image's
+    height (same bytes either way: the coder buffers every symbol until its flush).
 
-    With ``contexts`` (``(C, h, w)`` context of every symbol, :meth:`ContextModel.contexts
-    <encdist.codec.context.ContextModel.contexts>`, ``num_contexts`` of them), channel ``c``
-    has one adapted table per context: row ``c·X + x`` of every block's tables.
+    With ``contexts`` (``(r0, r1) -> (C, r1-r0, w)``, the context of every symbol of latent
+    rows ``r0..r1-1``, as :meth:`ContextModel.contexts <encdist.codec.context.ContextModel.contexts>`
+    gives them, ``num_contexts`` of them; or the ``(C, h, w)`` array of all of them), channel
+    ``c`` has one adapted table per context: row ``c·X + x`` of every block's tables. Given as
+    a function, contexts are computed band by band, so the encoder's memory stays bounded.
+    ``channels``: coding order of the channels of ``symbols`` (default: as they are), read band
+    by band rather than copied.
     """
 
     def __init__(self, adaptation: BackwardAdaptation, symbols, base_freqs, offsets, lengths,
-                 contexts: np.ndarray | None = None, num_contexts: int = 1):
+                 contexts=None, num_contexts: int = 1, channels: np.ndarray | None = None):
         alpha, decay, phases = adaptation.params
         self.symbols = np.asarray(symbols)
+        self.channels = None if channels is None else np.asarray(channels, dtype=np.int64)
         C, h, w = self.symbols.shape
         self.X = int(num_contexts)
-        self.contexts = None if self.X == 1 else np.asarray(contexts, dtype=np.int64)
+        if self.X == 1:
+            self.contexts = None
+        elif callable(contexts):
+            self.contexts = contexts
+        else:
+            every = np.asarray(contexts, dtype=np.int64)
+            self.contexts = lambda r0, r1: every[:, r0:r1]
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.setups = [_Setup(f, lengths, alpha, decay, self.X) for f in base_freqs]
         self.K = self.setups[0].prior.shape[-1]
         self.phases = phases
         rows = adaptation._rows_per_band(C, w, self.K, len(self.setups), self.X)
         self.bands = [(r, min(h, r + rows)) for r in range(0, h, rows)]
-        self.band_counts = []  # counts at each band's start
         self._cache = None
         bits = np.zeros(len(self.setups))
         per_row = np.zeros((len(self.setups), C * self.X))
         counts = np.zeros((C * self.X, self.K), dtype=np.int64)
         cache, kept = [], 0
         for r0, r1 in self.bands:
-            self.band_counts.append(counts)
             tables, hist, counts, ordered, rows, where = self._band(r0, r1, counts)
             freq = np.diff(tables, axis=-1)
             used_rows = np.nonzero(where >= 0)[1]
             np.add.at(per_row, (slice(None), used_rows), (hist[None] * (PRECISION - np.log2(np.maximum(freq, 1)))).sum(-1))
             # The bands' tables are kept for encode() while they fit the budget (else rebuilt there).
-            kept += tables.nbytes + where.nbytes
+            kept += tables.nbytes + where.nbytes + ordered.nbytes + (rows.nbytes if rows.base is None else 0)
             if cache is not None and kept <= adaptation.budget:
                 cache.append((tables, ordered, rows, where))
             else:
@@ -526,12 +536,13 @@ class AdaptedPlan:
         V = C * X
         order, bounds = block_order((r1 - r0, w), self.phases)
         nb = len(bounds) - 1
-        ordered = self.symbols[:, r0:r1].reshape(C, -1)[:, order].astype(np.int64)
+        band = self.symbols[:, r0:r1] if self.channels is None else self.symbols[self.channels, r0:r1]
+        ordered = band.reshape(C, -1)[:, order].astype(np.int64)
         rel = table_indexes(ordered, self.offsets, setup.lengths[::X])
         block = np.repeat(np.arange(nb), np.diff(bounds))[None, :]
         rows = np.arange(C)[:, None] * X
         if X > 1:
-            rows = rows + self.contexts[:, r0:r1].reshape(C, -1)[:, order]
+            rows = rows + np.asarray(self.contexts(r0, r1), dtype=np.int64).reshape(C, -1)[:, order]
         else:
             rows = np.broadcast_to(rows, ordered.shape)
         hist = np.bincount(((block * V + rows) * K + rel).ravel(), minlength=nb * V * K).reshape(nb, V, K)
@@ -560,11 +571,12 @@ class AdaptedPlan:
         use = np.repeat(np.asarray(use, dtype=np.int64), X)
         sizes, offs = self.setups[0].lengths + 2, np.repeat(self.offsets, X)
         enc = BufferedEncoder(substream_symbols)
-        for band, ((r0, r1), counts) in enumerate(zip(self.bands, self.band_counts)):
+        counts = np.zeros((C * X, self.K), dtype=np.int64)
+        for band, (r0, r1) in enumerate(self.bands):
             if self._cache is not None:
                 tables, ordered, rows, where = self._cache[band]
-            else:
-                tables, _, _, ordered, rows, where = self._band(r0, r1, counts)
+            else:  # planned again from the start: keeping every band's counts would grow with the image
+                tables, _, counts, ordered, rows, where = self._band(r0, r1, counts)
             pos, idx = stream_layout(C, r1 - r0, w, self.phases)
             # stream_layout's index is block·C + channel; the table is block's of row c·X + context.
             row = np.ascontiguousarray(rows).ravel()[pos]

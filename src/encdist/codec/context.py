@@ -209,49 +209,72 @@ class ContextModel:
         bounds[-1] = channels
         return bounds
 
-    def thresholds(self, symbols: np.ndarray) -> np.ndarray:
+    def thresholds(self, symbols: np.ndarray, channels: np.ndarray | None = None) -> np.ndarray:
         """Encoder side: ``(G-1, Q-1)`` thresholds, the image's quantiles of each group's channel statistic.
 
-        ``symbols``: ``(C, h, w)`` in channel order. Integers (a sort), clipped to two bytes.
+        ``symbols``: ``(C, h, w)`` in channel order, or in the model's with ``channels`` the
+        channel order (:func:`channel_order`). Integers (a sort), clipped to two bytes.
         """
         if not self.channel_context:
             return np.zeros((0, 0), dtype=np.int64)
         Q = self.channel_levels
         out = []
-        for stat in self._channel_statistics(np.abs(np.asarray(symbols, dtype=np.int64))):
+        for stat in self._channel_statistics(symbols, channels):
             s = np.sort(stat.ravel())
             out.append([s[min(len(s) - 1, (len(s) * i) // Q)] for i in range(1, Q)])
-        return np.minimum(np.asarray(out, dtype=np.int64).reshape(len(out), Q - 1), 0xFFFF)
+        return np.minimum(np.asarray(out, dtype=np.int64).reshape(len(out), Q - 1), _THRESHOLD_MAX)
 
-    def _channel_statistics(self, mags: np.ndarray):
-        """Per group after the first: ``Σ |ŷ|`` over the earlier groups' channels, ``(h, w)``."""
-        bounds = self.group_bounds(mags.shape[0])
-        csum = np.cumsum(mags, axis=0)
-        return [csum[b - 1] for b in bounds[1:-1]]
+    def _channel_statistics(self, symbols: np.ndarray, channels: np.ndarray | None = None) -> List[np.ndarray]:
+        """Per group after the first: ``Σ |ŷ|`` over the earlier groups' channels, ``(h, w)`` int64.
 
-    def contexts(self, symbols: np.ndarray, thresholds: np.ndarray, phases: int) -> np.ndarray:
-        """Encoder side: every symbol's context ``(C, h, w)`` (int64), symbols in channel order.
-
-        The same rule as :meth:`block_contexts`, applied to the whole latent at once.
+        Summed channel by channel, so nothing the size of the latent is allocated.
         """
-        a = np.abs(np.asarray(symbols, dtype=np.int64))
-        C, h, w = a.shape
-        ctx = np.zeros((C, h, w), dtype=np.int64)
+        bounds = self.group_bounds(symbols.shape[0])
+        acc = np.zeros(symbols.shape[1:], dtype=np.int64)
+        out = []
+        for g0, g1 in zip(bounds[:-2], bounds[1:-1]):
+            for c in range(g0, g1):
+                acc += np.abs(symbols[c if channels is None else channels[c]])
+            out.append(acc.copy())
+        return out
+
+    def contexts(self, symbols: np.ndarray, thresholds: np.ndarray, phases: int,
+                 rows: Tuple[int, int] | None = None, channels: np.ndarray | None = None) -> np.ndarray:
+        """Encoder side: the context of every symbol of latent rows ``rows`` (default: all), ``(C, r1-r0, w)`` int64.
+
+        The same rule as :meth:`block_contexts`, applied to whole rows at once; ``symbols``
+        ``(C, h, w)`` in channel order (or in the model's, with ``channels``, as :meth:`thresholds`).
+        A band of rows needs the row above it and nothing the size of the latent, so the
+        encoder computes them band by band (bounded memory).
+        """
+        C, h, w = symbols.shape
+        r0, r1 = (0, h) if rows is None else rows
+        top = max(r0 - 1, 0)
+        band = symbols[:, top:r1] if channels is None else symbols[channels, top:r1]
+        a = np.abs(np.asarray(band, dtype=np.int32))  # rows top..r1-1; a band, not the latent
+        n = r1 - r0
+        ctx = np.zeros((C, n, w), dtype=np.int64)
         if self.spatial_levels > 1:
             P = max(1, min(int(phases), w))
-            north = np.zeros_like(a)
-            north[:, 1:] = a[:, :-1]
-            west = np.zeros_like(a)  # (r, j-1) where decoded in an earlier phase, else (r-1, j-1)
-            west[:, :, 1:] = a[:, :, :-1]
-            first = (np.arange(w) % P) == 0
-            nw = np.zeros_like(a)
-            nw[:, 1:, 1:] = a[:, :-1, :-1]
-            west[:, :, first] = nw[:, :, first]
-            ctx += np.minimum(north + west, self.spatial_levels - 1) * (self.num_contexts // self.spatial_levels)
+            here = a[:, r0 - top:]
+            spatial = np.zeros((C, n, w), dtype=np.int32)
+            if r0 > 0:
+                spatial[:] = a[:, :n]  # north: (r-1, j)
+            else:
+                spatial[:, 1:] = a[:, :n - 1]
+            west_here = (np.arange(1, w) % P) != 0  # (r, j-1) where decoded in an earlier phase, else (r-1, j-1)
+            spatial[:, :, 1:][:, :, west_here] += here[:, :, :-1][:, :, west_here]
+            above = a[:, :n] if r0 > 0 else np.concatenate([np.zeros_like(a[:, :1]), a[:, :n - 1]], axis=1)
+            spatial[:, :, 1:][:, :, ~west_here] += above[:, :, :-1][:, :, ~west_here]
+            np.minimum(spatial, self.spatial_levels - 1, out=spatial)
+            ctx += spatial * (self.num_contexts // self.spatial_levels)
         if self.channel_context:
             bounds = self.group_bounds(C)
-            for g, stat in enumerate(self._channel_statistics(a), start=1):
-                level = (stat[None] > np.asarray(thresholds[g - 1]).reshape(-1, 1, 1)).sum(0)
+            acc = np.zeros((n, w), dtype=np.int64)
+            here = a[:, r0 - top:]
+            for g in range(1, len(bounds) - 1):
+                acc += here[bounds[g - 1]:bounds[g]].sum(0, dtype=np.int64)
+                level = (acc[None] > np.asarray(thresholds[g - 1]).reshape(-1, 1, 1)).sum(0)
                 ctx[bounds[g]:bounds[g + 1]] += level[None]
         return ctx
 

@@ -549,12 +549,14 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         """Context-adaptive tables (:mod:`encdist.codec.context`) started from p̂'s mix (if any) and the context tables."""
         cm = self.context_model
         order = self._channel_order()
-        s = sym.numpy()[order]
+        s = sym.numpy()  # model order: read in coding order band by band, never copied whole
         radius = self.adaptation.radius(s, self.num_bins)
-        thresholds = cm.thresholds(s)
-        ctx = cm.contexts(s, thresholds, self.adaptation.phases)
+        thresholds = cm.thresholds(s, order)
+        phases = self.adaptation.phases
         starts, b_lo, b_len = self._context_starts(order, radius, adaptive, static)
-        plan = cm.adaptation(self.adaptation.phases).plan(s, np.stack(starts), b_lo, b_len, ctx, cm.num_contexts)
+        plan = cm.adaptation(phases).plan(s, np.stack(starts), b_lo, b_len,
+                                          lambda r0, r1: cm.contexts(s, thresholds, phases, (r0, r1), order),
+                                          cm.num_contexts, order)
         bits = torch.empty(plan.bits.shape, dtype=torch.float64)
         bits[:, torch.from_numpy(order)] = torch.from_numpy(plan.bits)  # back to the model's channel order
         last = len(starts) - 1
