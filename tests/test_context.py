@@ -68,7 +68,7 @@ def test_band_contexts_in_model_order_match_the_whole_latents(model):
     banded = small.plan(sym, freqs, lo, length, lambda r0, r1: model.contexts(sym, t, 2, (r0, r1), order),
                         model.num_contexts, order)
     assert len(banded.bands) > 1 and banded._cache is None
-    np.testing.assert_array_equal(banded.bits, ref.bits)
+    np.testing.assert_allclose(banded.bits, ref.bits, rtol=1e-12)  # float sums, in another order
     use = np.zeros(12, dtype=np.int64)
     assert banded.encode(use) == ref.encode(use)
 

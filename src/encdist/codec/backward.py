@@ -174,21 +174,35 @@ def decode_adapted(decoder, shape: Tuple[int, int], base_freq, offsets, lengths,
     sizes = setup.lengths + 2
     offs = np.repeat(offsets, X)
     groups = [0, C] if contexts is None else contexts.group_bounds(C)
+    spans = [(g, g0, g1, np.arange(g0, g1)[:, None]) for g, (g0, g1) in enumerate(zip(groups[:-1], groups[1:]))]
+    mark = np.zeros(V, dtype=bool)
     for b, (b0, b1) in enumerate(zip(bounds[:-1], bounds[1:])):
         r, phase = divmod(b, P)
-        cols = order[b0:b1] - r * w
+        pos = order[b0:b1]
+        cols = pos - r * w
         m = b1 - b0
+        if X > 1:
+            spatial = contexts.spatial_contexts(out, r, cols, phase)
+            stat = np.zeros(m, dtype=np.int64)  # Σ |ŷ| of the groups decoded so far, per column
         rows_all = []
-        for g, (g0, g1) in enumerate(zip(groups[:-1], groups[1:])):
-            chan = np.arange(g0, g1)[:, None]
-            ctx = contexts.block_contexts(out, r, cols, phase, g, thresholds) if X > 1 else 0
-            rows = (chan * X + ctx) if X > 1 else np.repeat(chan, m, axis=1)
-            used, index = np.unique(rows, return_inverse=True)
+        for g, g0, g1, chan in spans:
+            if X > 1:
+                rows = chan * X + spatial[g0:g1] + contexts.channel_level(stat, g, thresholds)[None]
+            else:
+                rows = np.broadcast_to(chan, (g1 - g0, m))
+            # The tables some symbol uses, and each symbol's among them (no sort: a mark per table row).
+            mark[rows] = True
+            used = np.flatnonzero(mark)
+            mark[used] = False
+            index = np.searchsorted(used, rows)
             values = decoder.decode_lists(index.ravel().tolist(), setup.tables(counts[used], used).tolist(),
                                           sizes[used].tolist(), offs[used].tolist())
-            flat[g0:g1, order[b0:b1]] = np.fromiter(values, dtype=np.int32, count=(g1 - g0) * m).reshape(g1 - g0, m)
-            rows_all.append(rows.reshape(g1 - g0, m))
-        rel = table_indexes(flat[:, order[b0:b1]], offsets, setup.lengths[::X])
+            block = np.fromiter(values, dtype=np.int32, count=(g1 - g0) * m).reshape(g1 - g0, m)
+            flat[g0:g1, pos] = block
+            if X > 1 and g + 2 < len(groups):
+                stat += np.abs(block).sum(0)
+            rows_all.append(rows)
+        rel = table_indexes(flat[:, pos], offsets, setup.lengths[::X])
         hist = np.bincount((np.concatenate(rows_all) * K + rel).ravel(), minlength=V * K).reshape(V, K)
         counts = setup.next_counts(counts, hist)
     return out
@@ -506,15 +520,16 @@ class AdaptedPlan:
         rows = adaptation._rows_per_band(C, w, self.K, len(self.setups), self.X)
         self.bands = [(r, min(h, r + rows)) for r in range(0, h, rows)]
         self._cache = None
-        bits = np.zeros(len(self.setups))
         per_row = np.zeros((len(self.setups), C * self.X))
         counts = np.zeros((C * self.X, self.K), dtype=np.int64)
         cache, kept = [], 0
         for r0, r1 in self.bands:
             tables, hist, counts, ordered, rows, where = self._band(r0, r1, counts)
-            freq = np.diff(tables, axis=-1)
-            used_rows = np.nonzero(where >= 0)[1]
-            np.add.at(per_row, (slice(None), used_rows), (hist[None] * (PRECISION - np.log2(np.maximum(freq, 1)))).sum(-1))
+            # Exact bits where symbols are (coded symbols have a frequency >= 1), per table row.
+            u, k = np.nonzero(hist)
+            n, row_of = hist[u, k], np.nonzero(where >= 0)[1][u]
+            for i, t in enumerate(tables):
+                per_row[i] += np.bincount(row_of, n * (PRECISION - np.log2(t[u, k + 1] - t[u, k])), minlength=per_row.shape[1])
             # The bands' tables are kept for encode() while they fit the budget (else rebuilt there).
             kept += tables.nbytes + where.nbytes + ordered.nbytes + (rows.nbytes if rows.base is None else 0)
             if cache is not None and kept <= adaptation.budget:
@@ -560,7 +575,7 @@ class AdaptedPlan:
     def encode(self, use, substream_symbols: int = SUBSTREAM_SYMBOLS) -> bytes:
         """The y string, channel ``c`` coded from start ``use[c]`` (substreams: :class:`~encdist.codec.coding.BufferedEncoder`).
 
-        Only the tables some symbol uses are handed to the coder (the same bytes).
+        The coder is handed what each symbol's record needs, not the tables (:func:`record_tables`).
         """
         with gc_paused():
             return self._encode(use, substream_symbols)
@@ -569,7 +584,7 @@ class AdaptedPlan:
         C, _, w = self.symbols.shape
         X = self.X
         use = np.repeat(np.asarray(use, dtype=np.int64), X)
-        sizes, offs = self.setups[0].lengths + 2, np.repeat(self.offsets, X)
+        lengths, offs = self.setups[0].lengths, np.repeat(self.offsets, X)
         enc = BufferedEncoder(substream_symbols)
         counts = np.zeros((C * X, self.K), dtype=np.int64)
         for band, (r0, r1) in enumerate(self.bands):
@@ -580,10 +595,45 @@ class AdaptedPlan:
             pos, idx = stream_layout(C, r1 - r0, w, self.phases)
             # stream_layout's index is block·C + channel; the table is block's of row c·X + context.
             row = np.ascontiguousarray(rows).ravel()[pos]
-            sel = where[np.asarray(idx) // C, row]
-            used, index = np.unique(sel, return_inverse=True)
-            row_of = np.nonzero(where >= 0)[1][used]
-            t = tables[use[row_of], used]
-            enc.add(ordered.ravel()[pos].tolist(), index.ravel().tolist(), t.tolist(), sizes[row_of].tolist(),
-                    offs[row_of].tolist())
+            start, table = use[row], where[idx // C, row]
+            enc.add(*record_tables(ordered.ravel()[pos], lengths[row], offs[row], lambda k: tables[start, table, k]))
         return enc.flush()
+
+
+def record_tables(values: np.ndarray, lengths: np.ndarray, offsets: np.ndarray, cdf_entry: Callable[[np.ndarray], np.ndarray]):
+    """``(symbols, indexes, cdf, sizes, offsets)`` lists for ``BufferedRansEncoder.encode_with_indexes``
+    that code ``values`` as their tables would, handing over a few numbers per distinct record.
+
+    ``values``, ``lengths`` and ``offsets`` ``(n,)``: each symbol and its table's support;
+    ``cdf_entry(k)``: entry ``k[i]`` of symbol ``i``'s CDF table (escape at ``lengths``). The coder pushes one record per symbol
+    (``cdf[v]``, ``cdf[v+1] - cdf[v]``), plus bypass records for an escape, from the
+    table's ``v = value - offset`` (:func:`~encdist.codec.coding._coder_records`). So a
+    symbol inside its table's support gets the 3-entry table ``[start, start + freq, 2**16]``
+    and symbol 0 (offset 0): the same record, and one table per distinct ``(start, freq)``
+    instead of every table's ``K+1`` entries (converting those to the coder's lists was most
+    of the encoder's time). An escape gets ``[start, start + freq]`` (its last entry is the
+    escape) and an offset that leaves its bypass value as it was: the offset for a value
+    below the support, ``offset + length`` for one above. Same records, same bytes.
+    """
+    n = len(values)
+    rel = values - offsets
+    esc = (rel < 0) | (rel >= lengths)
+    k = np.where(esc, lengths, rel)
+    lo = cdf_entry(k).astype(np.int64)
+    freq = cdf_entry(k + 1) - lo
+    inside = ~esc
+    keys, inverse = np.unique((lo[inside] << 17) | freq[inside], return_inverse=True)
+    D = len(keys)
+    tables = np.stack([keys >> 17, (keys >> 17) + (keys & ((1 << 17) - 1)), np.full(D, 1 << PRECISION)], 1).tolist()
+    sizes, offs = [3] * D, [0] * D
+    index = np.empty(n, dtype=np.int64)
+    index[inside] = inverse.reshape(-1)
+    symbols = np.zeros(n, dtype=np.int64)
+    where = np.flatnonzero(esc)
+    if len(where):
+        index[where] = D + np.arange(len(where))
+        symbols[where] = values[where]
+        tables += np.stack([lo[where], lo[where] + freq[where]], 1).tolist()
+        sizes += [2] * len(where)
+        offs += (offsets[where] + np.where(rel[where] >= 0, lengths[where], 0)).tolist()
+    return symbols.tolist(), index.tolist(), tables, sizes, offs

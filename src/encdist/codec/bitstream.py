@@ -325,13 +325,13 @@ def block_order(shape: Tuple[int, int], phases: int) -> Tuple[np.ndarray, List[i
 
 
 @functools.lru_cache(maxsize=16)
-def stream_layout(num_channels: int, h: int, w: int, phases: int) -> Tuple[np.ndarray, List[int]]:
+def stream_layout(num_channels: int, h: int, w: int, phases: int) -> Tuple[np.ndarray, np.ndarray]:
     """``(positions, indexes)`` of the single rANS call that codes all blocks of an ``h×w`` latent.
 
     Symbols go block by block, channel-major within a block: ``positions``
     picks them from the ``(C, h·w)`` coding-order array (flattened),
-    ``indexes`` (a list, as the coder takes it) is ``block · C + channel``,
-    a row of the stacked tables. Cached: it depends on the shape only.
+    ``indexes`` (int64, read-only) is ``block · C + channel``, a row of the
+    stacked tables. Cached: it depends on the shape only.
     """
     _, bounds = block_order((h, w), phases)
     n = bounds[-1]
@@ -340,7 +340,9 @@ def stream_layout(num_channels: int, h: int, w: int, phases: int) -> Tuple[np.nd
     for b, (b0, b1) in enumerate(zip(bounds[:-1], bounds[1:])):
         pos.append((ch * n + np.arange(b0, b1)[None, :]).ravel())
         idx.append(np.repeat(b * num_channels + np.arange(num_channels), b1 - b0))
-    return np.concatenate(pos), np.concatenate(idx).tolist()
+    pos, idx = np.concatenate(pos), np.concatenate(idx)
+    pos.flags.writeable = idx.flags.writeable = False  # shared by every call of this shape
+    return pos, idx
 
 
 # ---------------------------------------------------------------------- y substreams

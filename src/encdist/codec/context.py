@@ -283,24 +283,39 @@ class ContextModel:
         """Decoder side: contexts ``(C_g, m)`` of group ``group``'s symbols at row ``r``, columns ``cols``.
 
         ``decoded`` ``(C, h, w)`` holds every symbol decoded so far (earlier rows, earlier
-        phases of row ``r``, earlier groups of this block); nothing else is read.
+        phases of row ``r``, earlier groups of this block); nothing else is read. (The
+        decoder computes the same in two steps, :meth:`spatial_contexts` once per block
+        and :meth:`channel_level` per group.)
         """
         bounds = self.group_bounds(decoded.shape[0])
         g0, g1 = bounds[group], bounds[group + 1]
-        ctx = np.zeros((g1 - g0, len(cols)), dtype=np.int64)
-        if self.spatial_levels > 1:
-            north = np.abs(decoded[g0:g1, r - 1, cols]).astype(np.int64) if r > 0 else np.zeros_like(ctx)
-            west = np.zeros_like(ctx)
-            has = cols > 0
-            if phase > 0:
-                west[:, has] = np.abs(decoded[g0:g1, r, cols[has] - 1])
-            elif r > 0:
-                west[:, has] = np.abs(decoded[g0:g1, r - 1, cols[has] - 1])
-            ctx += np.minimum(north + west, self.spatial_levels - 1) * (self.num_contexts // self.spatial_levels)
-        if self.channel_context and group > 0:
-            stat = np.abs(decoded[:g0, r, cols]).astype(np.int64).sum(0)
-            ctx += (stat[None] > np.asarray(thresholds[group - 1]).reshape(-1, 1)).sum(0)[None]
-        return ctx
+        stat = np.abs(decoded[:g0, r, cols]).astype(np.int64).sum(0)
+        return self.spatial_contexts(decoded[g0:g1], r, cols, phase) + self.channel_level(stat, group, thresholds)[None]
+
+    def spatial_contexts(self, decoded: np.ndarray, r: int, cols: np.ndarray, phase: int) -> np.ndarray:
+        """The spatial part of the contexts of row ``r``'s columns ``cols`` (phase ``phase``), ``(C, m)`` int64.
+
+        Reads only rows above and, past the first phase, earlier phases of row ``r``: known
+        before any symbol of the block is decoded, so computed once per block.
+        """
+        C = decoded.shape[0]
+        if self.spatial_levels == 1:
+            return np.zeros((C, len(cols)), dtype=np.int64)
+        s = np.abs(decoded[:, r - 1, cols]).astype(np.int64) if r > 0 else np.zeros((C, len(cols)), dtype=np.int64)
+        has = cols > 0
+        if phase > 0:
+            s[:, has] += np.abs(decoded[:, r, cols[has] - 1])
+        elif r > 0:
+            s[:, has] += np.abs(decoded[:, r - 1, cols[has] - 1])
+        np.minimum(s, self.spatial_levels - 1, out=s)
+        s *= self.num_contexts // self.spatial_levels
+        return s
+
+    def channel_level(self, stat: np.ndarray, group: int, thresholds: np.ndarray) -> np.ndarray:
+        """The channel level of group ``group``'s symbols from ``stat``, the co-located ``Σ |ŷ|`` of the groups before."""
+        if not self.channel_context or group == 0:
+            return np.zeros(len(stat), dtype=np.int64)
+        return (stat[None] > np.asarray(thresholds[group - 1]).reshape(-1, 1)).sum(0)
 
 
 def channel_order(cdf, lengths) -> np.ndarray:
