@@ -83,7 +83,7 @@ def parse_args(argv=None):
     p.add_argument("--work-dir", default=str(C.BENCH_DIR / "_work"), help="trained checkpoints (git-ignored; reused by later runs)")
     p.add_argument("--fresh", action="store_true", help="retrain: delete this profile's cached checkpoints first")
     p.add_argument("--rate-dir", help="re-evaluate the trained models of an earlier run's work folder (benchmarks/_work/<profile>-<key>) "
-                                      "as they are, training only what is missing")
+                                      "as they are, whatever code trained them (the report names it), training only what is missing")
     p.add_argument("--paper-epochs", type=int, help="epochs of the paper-objective distribution codec")
     p.add_argument("--paper-samples", type=int, help="train crops per paper-objective epoch")
     p.add_argument("--adaptive-epochs", type=int, help="epochs of the default-objective fine-tuning")

@@ -178,12 +178,13 @@ def same_training_code(made_by: str | None) -> bool:
     return r.returncode == 0
 
 
-def completed_runs(root: Path) -> Dict[float, Path]:
+def completed_runs(root: Path, any_code: bool = False) -> Dict[float, Path]:
     """λ -> run folder of adaptive runs under ``root`` that finished all their epochs with this code (latest wins).
 
     A run made by other code (``infer.json``'s ``meta.code``, see :func:`same_training_code`) is
     not reused: the benchmark retrains it, so that every number of a report comes from the code
-    that wrote the report.
+    that wrote the report. ``any_code``: reuse them all (``bench.py --rate-dir``: re-evaluating
+    trained codecs as they are; the report names the code that trained them).
     """
     from omegaconf import OmegaConf
 
@@ -202,7 +203,7 @@ def completed_runs(root: Path) -> Dict[float, Path]:
             state = safe_load(ckpt)
             infer = folder.root / "results" / "infer.json"
             made_by = json.loads(infer.read_text()).get("meta", {}).get("code") if infer.is_file() else None
-            if not same_training_code(made_by):
+            if not any_code and not same_training_code(made_by):
                 continue
             if int(state.get("epoch", 0)) >= int(conf.engine.num_epochs):
                 out[float(conf.criterion.lmbda)] = d

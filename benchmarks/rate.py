@@ -79,10 +79,10 @@ def _images(limit: int | None = None):
     return source, [(ds.names[i], ds[i].unsqueeze(0)) for i in range(n)]
 
 
-def _completed_run(root: Path, quality: int) -> Path | None:
+def _completed_run(root: Path, quality: int, any_code: bool = False) -> Path | None:
     from omegaconf import OmegaConf
 
-    for d in C.completed_runs(root).values():
+    for d in C.completed_runs(root, any_code).values():
         if int(OmegaConf.load(d / "configs" / "config.yaml").hp.quality) == quality:
             return d
     return None
@@ -93,9 +93,12 @@ PAPER_OBJECTIVE = ("hp.backward_adaptation=false", "hp.fallback_static=false")
 _NO_EXTRAS = ("runner.inference.baselines=[]", "runner.inference.figures=false")
 
 
-def _train_one(root: Path, quality: int, overrides: Sequence[str], logfile: Path) -> Path:
-    """A completed quickstart run of ``quality`` under ``root``, trained with ``overrides`` if there is none."""
-    run = _completed_run(root, quality)
+def _train_one(root: Path, quality: int, overrides: Sequence[str], logfile: Path, any_code: bool = False) -> Path:
+    """A completed quickstart run of ``quality`` under ``root``, trained with ``overrides`` if there is none.
+
+    ``any_code``: a run trained by other code counts too (:func:`common.completed_runs`).
+    """
+    run = _completed_run(root, quality, any_code)
     if run is None:
         C.run_training("quickstart", [f"hp.quality={quality}", *_NO_EXTRAS, *overrides], root, logfile)
         run = _completed_run(root, quality)
@@ -104,7 +107,7 @@ def _train_one(root: Path, quality: int, overrides: Sequence[str], logfile: Path
     return run
 
 
-def _train(prof, fam, wdir: Path) -> Dict[int, Dict[str, Path]]:
+def _train(prof, fam, wdir: Path, any_code: bool = False) -> Dict[int, Dict[str, Path]]:
     """Per quality, two distribution codecs on the same frozen transforms, each trained for the coder it serves.
 
     ``paper``: trained for the paper's coder (fixed p̂ tables, :data:`PAPER_OBJECTIVE`); codes
@@ -115,12 +118,12 @@ def _train(prof, fam, wdir: Path) -> Dict[int, Dict[str, Path]]:
     for f in fam:
         q = f["quality"]
         paper = _train_one(wdir / "paper_root", q, [*PAPER_OBJECTIVE, *C.budget_overrides(prof["paper_epochs"], prof["paper_samples"])],
-                           wdir / "logs" / f"paper-q{q}.log")
+                           wdir / "logs" / f"paper-q{q}.log", any_code)
         init = RunFolder(paper).checkpoint()
         adaptive = _train_one(wdir / "adaptive_root", q,
                               [*C.budget_overrides(prof["adaptive_epochs"], prof["adaptive_samples"]),
                                f"optimizer.net.lr={prof['adaptive_lr']}", f"++paths.model_checkpoint={init}"],
-                              wdir / "logs" / f"adaptive-q{q}.log")
+                              wdir / "logs" / f"adaptive-q{q}.log", any_code)
         runs[q] = {"paper": paper, "adaptive": adaptive}
     return runs
 
@@ -320,9 +323,13 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     out: Dict[str, Any] = {"settings": settings, "work_dir": C.rel(wdir), "family": fam, "stages": {}}
 
     t = time.perf_counter()
-    runs = _train(prof, fam, wdir)
+    runs = _train(prof, fam, wdir, bool(args.rate_dir))
     out["stages"]["training_s"] = time.perf_counter() - t
     out["runs"] = {str(q): {k: C.rel(v) for k, v in r.items()} for q, r in runs.items()}
+    out["reused_as_they_are"] = bool(args.rate_dir)
+    from encdist.provenance import code_version
+
+    out["evaluated_by"] = code_version()
     out["runs_made_by"] = sorted({json.loads((v / "results" / "infer.json").read_text()).get("meta", {}).get("code", "unknown")
                                   for r in runs.values() for v in r.values()})
 
@@ -344,7 +351,7 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
         q = int(C.compose("quickstart", []).hp.quality)
         C.log(f"rate: corpus-size ablation of the paper's codec at quality {q} ({prof['ablation_images']} train photographs)")
         t = time.perf_counter()
-        train = lambda root, quality, over, log: _train_one(root, quality, [*PAPER_OBJECTIVE, *over], log)  # noqa: E731
+        train = lambda root, quality, over, log: _train_one(root, quality, [*PAPER_OBJECTIVE, *over], log, bool(args.rate_dir))  # noqa: E731
         out["ablation"] = {"quality": q, "epochs": prof["ablation_epochs"], "samples": prof["ablation_samples"],
                            "rows": E.corpus_ablation(prof, wdir, q, prof["ablation_images"], train)}
         out["stages"]["ablation_s"] = time.perf_counter() - t

@@ -184,7 +184,11 @@ def _md_rate(r: Dict[str, Any]) -> List[str]:
              f"epochs of {ad['num_samples']} crops, lr {ad['lr_net']}. (c) and (e) use no p̂. "
              f"Test images: {len(im['names'])} from `{im['source']}` ({', '.join(im['names'])}). Every rate counts every byte written "
              "(side stream and header included); every way of coding decodes to the same PSNR (same transforms).")
-    if r.get("runs_made_by"):
+    if r.get("runs_made_by") and r.get("reused_as_they_are"):
+        L.append(f"The distribution codecs were trained by code version {', '.join(f'`{c}`' for c in r['runs_made_by'])} (`infer.json`'s "
+                 f"`meta.code`) and reused as they are (`--rate-dir {r['work_dir']}`): everything else, coding included, ran at "
+                 f"`{r.get('evaluated_by', '?')}`.")
+    elif r.get("runs_made_by"):
         L.append(f"The distribution codecs were trained by code version {', '.join(f'`{c}`' for c in r['runs_made_by'])} (`infer.json`'s "
                  "`meta.code`; a run is reused only if `src/`, `runners/`, `conf/` and `pyproject.toml` are unchanged since).")
     L.append("")

@@ -37,6 +37,15 @@ def test_runs_of_other_code_are_not_reused(tmp_path):
         assert found == {0.1: ours}
 
 
+def test_rate_dir_reuses_runs_of_any_code(tmp_path):
+    """``--rate-dir`` re-evaluates trained codecs as they are: other code's runs count there (and only there)."""
+    import common as C
+
+    other = _run(tmp_path, "b", 0.2, "0000000-elsewhere")
+    dirty = _run(tmp_path, "c", 0.3, "0000000-dirty")
+    assert C.completed_runs(tmp_path, any_code=True) == {0.2: other, 0.3: dirty}
+
+
 def test_runs_of_a_commit_with_the_same_training_code_are_reused():
     """A run made at an earlier commit counts when src, runners, conf and pyproject.toml are unchanged since."""
     import subprocess

@@ -595,45 +595,52 @@ class AdaptedPlan:
             pos, idx = stream_layout(C, r1 - r0, w, self.phases)
             # stream_layout's index is block·C + channel; the table is block's of row c·X + context.
             row = np.ascontiguousarray(rows).ravel()[pos]
-            start, table = use[row], where[idx // C, row]
-            enc.add(*record_tables(ordered.ravel()[pos], lengths[row], offs[row], lambda k: tables[start, table, k]))
+            # Each symbol's table: (start, index in the band's tables); entry k of it, flat.
+            flat_table = (use[row] * tables.shape[1] + where[idx // C, row]) * tables.shape[2]
+            cdf = tables.reshape(-1)
+            enc.add(*record_tables(ordered.ravel()[pos], lengths[row], offs[row], flat_table, cdf))
         return enc.flush()
 
 
-def record_tables(values: np.ndarray, lengths: np.ndarray, offsets: np.ndarray, cdf_entry: Callable[[np.ndarray], np.ndarray]):
+def record_tables(values: np.ndarray, lengths: np.ndarray, offsets: np.ndarray, table: np.ndarray, cdf: np.ndarray):
     """``(symbols, indexes, cdf, sizes, offsets)`` lists for ``BufferedRansEncoder.encode_with_indexes``
     that code ``values`` as their tables would, handing over a few numbers per distinct record.
 
     ``values``, ``lengths`` and ``offsets`` ``(n,)``: each symbol and its table's support;
-    ``cdf_entry(k)``: entry ``k[i]`` of symbol ``i``'s CDF table (escape at ``lengths``). The coder pushes one record per symbol
-    (``cdf[v]``, ``cdf[v+1] - cdf[v]``), plus bypass records for an escape, from the
-    table's ``v = value - offset`` (:func:`~encdist.codec.coding._coder_records`). So a
-    symbol inside its table's support gets the 3-entry table ``[start, start + freq, 2**16]``
-    and symbol 0 (offset 0): the same record, and one table per distinct ``(start, freq)``
-    instead of every table's ``K+1`` entries (converting those to the coder's lists was most
-    of the encoder's time). An escape gets ``[start, start + freq]`` (its last entry is the
-    escape) and an offset that leaves its bypass value as it was: the offset for a value
-    below the support, ``offset + length`` for one above. Same records, same bytes.
+    ``cdf`` holds the CDF tables end to end (escape at ``lengths``), symbol ``i``'s from
+    flat index ``table[i]``. The coder pushes one record per symbol (``cdf[v]``,
+    ``cdf[v+1] - cdf[v]``), plus bypass records for an escape, from the table's
+    ``v = value - offset`` (:func:`~encdist.codec.coding._coder_records`). So a symbol inside
+    its table's support gets the 3-entry table ``[start, start + freq, 2**16]`` and symbol 0
+    (offset 0): the same record, with one such table per table entry in use instead of
+    every table's ``K+1`` entries (converting those to the coder's lists was most of the
+    encoder's time). An escape gets ``[start, start + freq]`` (its last entry is the escape)
+    and an offset that leaves its bypass value as it was: the offset for a value below the
+    support, ``offset + length`` for one above. Same records, same bytes.
     """
     n = len(values)
     rel = values - offsets
     esc = (rel < 0) | (rel >= lengths)
-    k = np.where(esc, lengths, rel)
-    lo = cdf_entry(k).astype(np.int64)
-    freq = cdf_entry(k + 1) - lo
+    entry = table + np.where(esc, lengths, rel)
     inside = ~esc
-    keys, inverse = np.unique((lo[inside] << 17) | freq[inside], return_inverse=True)
+    # The entries in use, numbered in order (a mark per entry: no sort).
+    mark = np.zeros(len(cdf), dtype=bool)
+    mark[entry[inside]] = True
+    keys = np.flatnonzero(mark)
+    number = np.cumsum(mark, dtype=np.int32) - 1
     D = len(keys)
-    tables = np.stack([keys >> 17, (keys >> 17) + (keys & ((1 << 17) - 1)), np.full(D, 1 << PRECISION)], 1).tolist()
+    lo = cdf[keys].astype(np.int64)
+    tables = np.stack([lo, cdf[keys + 1], np.full(D, 1 << PRECISION)], 1).tolist()
     sizes, offs = [3] * D, [0] * D
-    index = np.empty(n, dtype=np.int64)
-    index[inside] = inverse.reshape(-1)
-    symbols = np.zeros(n, dtype=np.int64)
+    index = number[entry]
+    symbols = [0] * n
     where = np.flatnonzero(esc)
     if len(where):
         index[where] = D + np.arange(len(where))
-        symbols[where] = values[where]
-        tables += np.stack([lo[where], lo[where] + freq[where]], 1).tolist()
+        for i, v in zip(where.tolist(), values[where].tolist()):
+            symbols[i] = v
+        e = entry[where]
+        tables += np.stack([cdf[e], cdf[e + 1]], 1).tolist()
         sizes += [2] * len(where)
         offs += (offsets[where] + np.where(rel[where] >= 0, lengths[where], 0)).tolist()
-    return symbols.tolist(), index.tolist(), tables, sizes, offs
+    return symbols, index.tolist(), tables, sizes, offs
