@@ -21,6 +21,7 @@ report. Everything here is measured on the corpus' photographs; the test split i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
@@ -121,6 +122,28 @@ def share_estimates(model, splits: Sequence[str] = ("train", "test"), top: int =
             "top_channels": [{"channel": int(c), "loss_bpp": float(ch_loss[c]) / n, "gap_bpp": float(ch_gap[c]) / n} for c in order[:top]],
         }
     return out
+
+
+def share_by_steps(run: Path, model, steps: Sequence[int] = (512, 1024, 2048, 4096, 8192)) -> Dict[str, Any]:
+    """The paper's codec's share of the gap on the valid photograph after ``steps`` training steps.
+
+    From the run's own per-epoch log (``results/epochs.jsonl``: ``valid/bpp_loss``, the
+    criterion's estimate, fixed p̂ tables plus the side latent's bits) against the static tables
+    and the exact histogram on the same photograph (:func:`share_estimates`; the transforms are
+    frozen, so both are constant during training). ``final_pct``: :func:`share_estimates` of the
+    trained model itself, which the last epoch's entry should match (a check of the method).
+    """
+    est = share_estimates(model, splits=("valid",), top=0)["valid"]
+    static, ideal = est["bpp_static"], est["bpp_ideal"]
+    log = Path(run) / "results" / "epochs.jsonl"
+    by_steps = {}
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        row = json.loads(line) if line.strip() else {}
+        if "valid/bpp_loss" in row and "train_steps" in row:
+            by_steps[int(row["train_steps"])] = 100 * (static - row["valid/bpp_loss"]) / (static - ideal)
+    return {"bpp_static": static, "bpp_ideal": ideal, "final_pct": est["gap_closed_pct"],
+            "last_steps": max(by_steps) if by_steps else None, "last_pct": by_steps[max(by_steps)] if by_steps else None,
+            "pct_at_steps": {str(n): by_steps[n] for n in steps if n in by_steps}}
 
 
 def corpus_ablation(prof, wdir: Path, quality: int, sizes: Sequence[int], train_fn) -> List[Dict[str, Any]]:

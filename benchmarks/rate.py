@@ -171,7 +171,8 @@ def _evidence(runs: Dict[str, Path]) -> Dict[str, Any]:
     paper, _, _ = _load(runs["paper"])
     adaptive, _, _ = _load(runs["adaptive"])
     return {"training_rate": {"adaptive": E.training_rate(adaptive, "adaptive"), "paper": E.training_rate(paper, "paper")},
-            "oracle_start": E.oracle_start(adaptive), "paper_shares": E.share_estimates(paper)}
+            "oracle_start": E.oracle_start(adaptive), "paper_shares": E.share_estimates(paper),
+            "paper_share_by_steps": E.share_by_steps(runs["paper"], paper)}
 
 
 def _point(f: Dict[str, Any], ev: Dict[str, Any]) -> Dict[str, Any]:

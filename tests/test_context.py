@@ -222,3 +222,22 @@ def test_old_checkpoints_load_with_unfitted_tables(fitted):
     assert not fresh.contexts_fitted
     fresh.load_state_dict(codec.state_dict())
     assert torch.equal(fresh.context_weights, codec.context_weights)
+
+
+def test_context_tables_follow_their_weights():
+    """The decoder's context tables are kept between images only while the integers they come from are the same."""
+    from encdist.codec.coding import static_tables
+
+    codec = fitted_codec()
+    static = static_tables(codec.entropy_bottleneck)
+    first = codec._context_tables(static)
+    assert codec._context_tables(static) is first and not first[0].flags.writeable
+    w = codec.context_weights
+    row = int(torch.nonzero(w.sum(-1))[0])
+    with torch.no_grad():
+        w[row] = w[row].flip(0)  # same buffer, other integers: other tables
+    again = codec._context_tables(static)
+    assert again is not first and not np.array_equal(again[0], first[0])
+    y = real_latent(codec)
+    enc = codec.compress(y, "default")
+    assert torch.equal(codec.decompress(enc["strings"], enc["shape"])["y_hat"], enc["y_hat"])

@@ -98,17 +98,24 @@ class _Setup:
     def tables(self, counts: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """``integer_cdf_table(prior + counts·scale, used)`` for counts ``(..., C, K)``, with fewer operations.
 
-        ``rows``: the tables of these rows only (``counts`` is then ``(len(rows), K)``).
+        ``rows``: the tables of these rows only (``counts`` is then ``(len(rows), K)``). The
+        weights are positive exactly where a table is used (the prior is, and counts are zero
+        beyond it), so ``used`` is ``w > 0``; the work is done in place, in one buffer.
         """
-        prior, share, used = (self.prior, self.share, self.used_i) if rows is None else (
-            self.prior[rows], self.share[rows], self.used_i[rows])
-        w = prior + counts * _COUNT_SCALE
+        prior, share = (self.prior, self.share) if rows is None else (self.prior[rows], self.share[rows])
+        w = counts * _COUNT_SCALE
+        w += prior
         K = w.shape[-1]
-        freq = (w * share) // w.sum(-1, keepdims=True) + used
-        flat = freq.reshape(-1, K)
-        flat[np.arange(len(flat)), w.reshape(-1, K).argmax(1)] += (1 << PRECISION) - flat.sum(1)
-        cdf = np.zeros(freq.shape[:-1] + (K + 1,), dtype=np.int32)
-        np.cumsum(freq, -1, out=cdf[..., 1:])
+        flat = w.reshape(-1, K)
+        top = flat.argmax(1)
+        total = w.sum(-1, keepdims=True)
+        used = w > 0
+        w *= share
+        w //= total
+        w += used
+        flat[np.arange(len(flat)), top] += (1 << PRECISION) - flat.sum(1)
+        cdf = np.zeros(w.shape[:-1] + (K + 1,), dtype=np.int32)
+        np.cumsum(w.astype(np.int32), -1, out=cdf[..., 1:])  # frequencies fit int32: a faster sum
         return cdf
 
 
@@ -524,12 +531,11 @@ class AdaptedPlan:
         counts = np.zeros((C * self.X, self.K), dtype=np.int64)
         cache, kept = [], 0
         for r0, r1 in self.bands:
-            tables, hist, counts, ordered, rows, where = self._band(r0, r1, counts)
-            # Exact bits where symbols are (coded symbols have a frequency >= 1), per table row.
-            u, k = np.nonzero(hist)
-            n, row_of = hist[u, k], np.nonzero(where >= 0)[1][u]
+            tables, (u, k), counts, ordered, rows, where = self._band(r0, r1, counts)
+            # Exact bits of every symbol (its table's frequency is >= 1), summed per table row.
+            row_of = np.ascontiguousarray(rows).reshape(-1)
             for i, t in enumerate(tables):
-                per_row[i] += np.bincount(row_of, n * (PRECISION - np.log2(t[u, k + 1] - t[u, k])), minlength=per_row.shape[1])
+                per_row[i] += np.bincount(row_of, PRECISION - np.log2(t[u, k + 1] - t[u, k]), minlength=per_row.shape[1])
             # The bands' tables are kept for encode() while they fit the budget (else rebuilt there).
             kept += tables.nbytes + where.nbytes + ordered.nbytes + (rows.nbytes if rows.base is None else 0)
             if cache is not None and kept <= adaptation.budget:
@@ -542,9 +548,10 @@ class AdaptedPlan:
     def _band(self, r0: int, r1: int, counts: np.ndarray):
         """The band's tables, only where a block codes some symbol of a row.
 
-        Returns ``(tables (S, U, K+1), hist (U, K), counts after the band, symbols in coding
-        order, their table rows (C, L) within a block (c·X + context), where (nb, C·X))``:
-        ``where[b, row]`` is the index in ``tables`` of block ``b``'s table of ``row``, -1 if unused.
+        Returns ``(tables (S, U, K+1), (each symbol's table in tables, its entry in it), counts
+        after the band, symbols in coding order, their table rows (C, L) within a block
+        (c·X + context), where (nb, C·X))``: ``where[b, row]`` is the index in ``tables`` of
+        block ``b``'s table of ``row``, -1 if unused.
         """
         C, _, w = self.symbols.shape
         K, X, setup = self.K, self.X, self.setups[0]
@@ -560,8 +567,11 @@ class AdaptedPlan:
             rows = rows + np.asarray(self.contexts(r0, r1), dtype=np.int64).reshape(C, -1)[:, order]
         else:
             rows = np.broadcast_to(rows, ordered.shape)
-        hist = np.bincount(((block * V + rows) * K + rel).ravel(), minlength=nb * V * K).reshape(nb, V, K)
-        used = hist.any(-1)  # (nb, V)
+        block_row = (block * V + rows).ravel()
+        hist = np.bincount(block_row * K + rel.ravel(), minlength=nb * V * K).reshape(nb, V, K)
+        used = np.zeros(nb * V, dtype=bool)  # (block, row) pairs some symbol codes with
+        used[block_row] = True
+        used = used.reshape(nb, V)
         where = np.full((nb, V), -1, dtype=np.int64)
         where[used] = np.arange(int(used.sum()))
         sel_counts = np.empty((int(used.sum()), K), dtype=np.int64)
@@ -570,7 +580,7 @@ class AdaptedPlan:
             counts = setup.next_counts(counts, hist[b])
         row_ids = np.nonzero(used)[1]
         tables = np.stack([s.tables(sel_counts, row_ids) for s in self.setups])
-        return tables, hist[used], counts, ordered, rows, where
+        return tables, (where.reshape(-1)[block_row], rel.ravel()), counts, ordered, rows, where
 
     def encode(self, use, substream_symbols: int = SUBSTREAM_SYMBOLS) -> bytes:
         """The y string, channel ``c`` coded from start ``use[c]`` (substreams: :class:`~encdist.codec.coding.BufferedEncoder`).

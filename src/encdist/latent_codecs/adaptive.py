@@ -160,6 +160,7 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         # fitted to training latents (fit_contexts); all zero until then (the static tables stand in).
         X = context_model.num_contexts
         self.register_buffer("context_weights", torch.zeros(self.channels * X, self.num_bins, dtype=torch.int32))
+        self._context_tables_memo = (None, None)  # (the integers they come from, the tables): see _context_tables
         if not isinstance(pdf_model, nn.Module):
             pdf_model = PdfModel(self.channels, self.num_bins, **(pdf_model or {}))
         self.pdf_model = pdf_model
@@ -286,9 +287,17 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         if not self.contexts_fitted:
             return np.repeat(static[0].numpy(), X, axis=0), np.repeat(static[2].numpy(), X)
         lo, length = table_support(self.entropy_bottleneck, self.num_bins)
-        cdf, _, offsets = weight_tables(self.context_weights.cpu().numpy()[None].astype(np.int64),
-                                        lo.repeat_interleave(X), length.repeat_interleave(X), self.num_bins)
-        return cdf[0].numpy(), offsets.numpy()
+        weights = self.context_weights.cpu().numpy()
+        # A function of these integers only, and 10 ms to build at C=192: kept while they are the same (compared whole).
+        key = (weights.tobytes(), lo.numpy().tobytes(), length.numpy().tobytes())
+        if self._context_tables_memo[0] != key:
+            cdf, _, offsets = weight_tables(weights[None].astype(np.int64), lo.repeat_interleave(X),
+                                            length.repeat_interleave(X), self.num_bins)
+            tables = (cdf[0].numpy(), offsets.numpy())
+            for t in tables:
+                t.flags.writeable = False
+            self._context_tables_memo = (key, tables)
+        return self._context_tables_memo[1]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A checkpoint from before context tables: they start unfitted (zeros).
