@@ -287,8 +287,8 @@ def _md_evidence(r: Dict[str, Any]) -> List[str]:
         cols = sorted({int(n) for st in steps for n in st["pct_at_steps"]})
         L.append("**Against training steps.** The paper's codec's share of the gap on the valid photograph after n steps "
                  "(batch 8), from each run's own per-epoch estimate (`results/epochs.jsonl`, `valid/bpp_loss`) against the "
-                 "static tables and the exact histogram on that photograph; the last column recomputes the trained model's "
-                 "share directly (it should match the last logged one):")
+                 "static tables and the exact histogram on that photograph. The row \"trained model, recomputed\" computes "
+                 "the trained model's share directly: it should match the last logged one.")
         L += ["", "| steps |" + qs, sep]
         for n in cols:
             L.append(f"| {n:,} |" + "".join(f" {C.fmt(st['pct_at_steps'].get(str(n)), '.1f')} % |" for st in steps))
