@@ -37,7 +37,6 @@ per channel, which is the coder without contexts, ``MODE_BACKWARD``, up to its o
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import List, Tuple
 
