@@ -38,8 +38,10 @@ def test_decoder_contexts_use_only_decoded_symbols_and_match_the_encoders(model,
     for r in range(h):
         for phase in range(P):
             cols = np.arange(phase, w, P)
+            spatial = model.spatial_contexts(decoded, r, cols, phase)  # as the decoder: before the block's groups
             for g, (g0, g1) in enumerate(zip(bounds[:-1], bounds[1:])):
-                got = model.block_contexts(decoded, r, cols, phase, g, thresholds)
+                stat = np.abs(decoded[:g0, r, cols]).astype(np.int64).sum(0)
+                got = spatial[g0:g1] + model.channel_level(stat, g, thresholds)[None]
                 np.testing.assert_array_equal(got, expected[g0:g1, r][:, cols])
                 decoded[g0:g1, r, cols] = sym[g0:g1, r, cols]
 
@@ -63,7 +65,7 @@ def test_band_contexts_in_model_order_match_the_whole_latents(model):
     freqs = np.full((1, 12 * model.num_contexts, K), (1 << 16) // K)
     freqs[..., 0] += (1 << 16) - freqs.sum(-1)
     lo, length = np.full(12, -int(np.abs(sym).max())), np.full(12, K - 1)
-    ref = BackwardAdaptation(budget=1 << 30).plan(s, freqs, lo, length, whole, model.num_contexts)
+    ref = BackwardAdaptation(budget=1 << 30).plan(s, freqs, lo, length, lambda r0, r1: whole[:, r0:r1], model.num_contexts)
     small = BackwardAdaptation(budget=20_000)
     banded = small.plan(sym, freqs, lo, length, lambda r0, r1: model.contexts(sym, t, 2, (r0, r1), order),
                         model.num_contexts, order)

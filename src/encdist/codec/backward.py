@@ -499,9 +499,9 @@ class AdaptedPlan:
 
     With ``contexts`` (``(r0, r1) -> (C, r1-r0, w)``, the context of every symbol of latent
     rows ``r0..r1-1``, as :meth:`ContextModel.contexts <encdist.codec.context.ContextModel.contexts>`
-    gives them, ``num_contexts`` of them; or the ``(C, h, w)`` array of all of them), channel
-    ``c`` has one adapted table per context: row ``c·X + x`` of every block's tables. Given as
-    a function, contexts are computed band by band, so the encoder's memory stays bounded.
+    gives them, ``num_contexts`` of them), channel ``c`` has one adapted table per context:
+    row ``c·X + x`` of every block's tables. They are asked for band by band, so the encoder's
+    memory stays bounded.
     ``channels``: coding order of the channels of ``symbols`` (default: as they are), read band
     by band rather than copied.
     """
@@ -513,13 +513,7 @@ class AdaptedPlan:
         self.channels = None if channels is None else np.asarray(channels, dtype=np.int64)
         C, h, w = self.symbols.shape
         self.X = int(num_contexts)
-        if self.X == 1:
-            self.contexts = None
-        elif callable(contexts):
-            self.contexts = contexts
-        else:
-            every = np.asarray(contexts, dtype=np.int64)
-            self.contexts = lambda r0, r1: every[:, r0:r1]
+        self.contexts = None if self.X == 1 else contexts
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.setups = [_Setup(f, lengths, alpha, decay, self.X) for f in base_freqs]
         self.K = self.setups[0].prior.shape[-1]

@@ -49,6 +49,7 @@ __all__ = ["ContextModel", "channel_order"]
 
 _LIMITS = {"groups": 8, "spatial_levels": 4, "channel_levels": 8}
 _THRESHOLD_MAX = 0xFFFF
+_SUM_CHUNK = 1 << 20  # symbols summed at once by ContextModel._channel_statistics
 _EG_ORDERS = 8  # Exp-Golomb orders the side stream can name (3 bits)
 _EG_MAX_PREFIX = 16  # longest zero prefix of a step's code (a step is at most 0xFFFF: 17 bits with k=0)
 
@@ -226,14 +227,17 @@ class ContextModel:
     def _channel_statistics(self, symbols: np.ndarray, channels: np.ndarray | None = None) -> List[np.ndarray]:
         """Per group after the first: ``Σ |ŷ|`` over the earlier groups' channels, ``(h, w)`` int64.
 
-        Summed channel by channel, so nothing the size of the latent is allocated.
+        Summed a few channels at a time (temporaries of at most :data:`_SUM_CHUNK` symbols), so
+        nothing the size of the latent is allocated, and a band of rows takes a group at once.
         """
         bounds = self.group_bounds(symbols.shape[0])
         acc = np.zeros(symbols.shape[1:], dtype=np.int64)
+        step = max(1, _SUM_CHUNK // max(1, acc.size))
         out = []
         for g0, g1 in zip(bounds[:-2], bounds[1:-1]):
-            for c in range(g0, g1):
-                acc += np.abs(symbols[c if channels is None else channels[c]])
+            for c in range(g0, g1, step):
+                part = slice(c, min(c + step, g1))
+                acc += np.abs(symbols[part] if channels is None else symbols[channels[part]]).sum(0, dtype=np.int64)
             out.append(acc.copy())
         return out
 
@@ -241,7 +245,7 @@ class ContextModel:
                  rows: Tuple[int, int] | None = None, channels: np.ndarray | None = None) -> np.ndarray:
         """Encoder side: the context of every symbol of latent rows ``rows`` (default: all), ``(C, r1-r0, w)`` int64.
 
-        The same rule as :meth:`block_contexts`, applied to whole rows at once; ``symbols``
+        The decoder's rule (:meth:`spatial_contexts`, :meth:`channel_level`), applied to whole rows at once; ``symbols``
         ``(C, h, w)`` in channel order (or in the model's, with ``channels``, as :meth:`thresholds`).
         A band of rows needs the row above it and nothing the size of the latent, so the
         encoder computes them band by band (bounded memory).
@@ -253,9 +257,9 @@ class ContextModel:
         a = np.abs(np.asarray(band, dtype=np.int32))  # rows top..r1-1; a band, not the latent
         n = r1 - r0
         ctx = np.zeros((C, n, w), dtype=np.int64)
+        here = a[:, r0 - top:]  # rows r0..r1-1
         if self.spatial_levels > 1:
             P = max(1, min(int(phases), w))
-            here = a[:, r0 - top:]
             spatial = np.zeros((C, n, w), dtype=np.int32)
             if r0 > 0:
                 spatial[:] = a[:, :n]  # north: (r-1, j)
@@ -269,27 +273,9 @@ class ContextModel:
             ctx += spatial * (self.num_contexts // self.spatial_levels)
         if self.channel_context:
             bounds = self.group_bounds(C)
-            acc = np.zeros((n, w), dtype=np.int64)
-            here = a[:, r0 - top:]
-            for g in range(1, len(bounds) - 1):
-                acc += here[bounds[g - 1]:bounds[g]].sum(0, dtype=np.int64)
-                level = (acc[None] > np.asarray(thresholds[g - 1]).reshape(-1, 1, 1)).sum(0)
-                ctx[bounds[g]:bounds[g + 1]] += level[None]
+            for g, stat in enumerate(self._channel_statistics(here), start=1):
+                ctx[bounds[g]:bounds[g + 1]] += self.channel_level(stat, g, thresholds)[None]
         return ctx
-
-    def block_contexts(self, decoded: np.ndarray, r: int, cols: np.ndarray, phase: int, group: int,
-                       thresholds: np.ndarray) -> np.ndarray:
-        """Decoder side: contexts ``(C_g, m)`` of group ``group``'s symbols at row ``r``, columns ``cols``.
-
-        ``decoded`` ``(C, h, w)`` holds every symbol decoded so far (earlier rows, earlier
-        phases of row ``r``, earlier groups of this block); nothing else is read. (The
-        decoder computes the same in two steps, :meth:`spatial_contexts` once per block
-        and :meth:`channel_level` per group.)
-        """
-        bounds = self.group_bounds(decoded.shape[0])
-        g0, g1 = bounds[group], bounds[group + 1]
-        stat = np.abs(decoded[:g0, r, cols]).astype(np.int64).sum(0)
-        return self.spatial_contexts(decoded[g0:g1], r, cols, phase) + self.channel_level(stat, group, thresholds)[None]
 
     def spatial_contexts(self, decoded: np.ndarray, r: int, cols: np.ndarray, phase: int) -> np.ndarray:
         """The spatial part of the contexts of row ``r``'s columns ``cols`` (phase ``phase``), ``(C, m)`` int64.
@@ -311,10 +297,10 @@ class ContextModel:
         return s
 
     def channel_level(self, stat: np.ndarray, group: int, thresholds: np.ndarray) -> np.ndarray:
-        """The channel level of group ``group``'s symbols from ``stat``, the co-located ``Σ |ŷ|`` of the groups before."""
+        """The channel level of group ``group``'s symbols from ``stat`` (any shape), the co-located ``Σ |ŷ|`` of the groups before."""
         if not self.channel_context or group == 0:
-            return np.zeros(len(stat), dtype=np.int64)
-        return (stat[None] > np.asarray(thresholds[group - 1]).reshape(-1, 1)).sum(0)
+            return np.zeros(np.shape(stat), dtype=np.int64)
+        return (stat[None] > np.asarray(thresholds[group - 1]).reshape((-1,) + (1,) * np.ndim(stat))).sum(0)
 
 
 def channel_order(cdf, lengths) -> np.ndarray:
