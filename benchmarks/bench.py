@@ -96,6 +96,9 @@ def parse_args(argv=None):
                    help="encoder-side refinement steps of the 'adaptive + refinement' columns (beyond the paper; 0 skips them)")
     p.add_argument("--device", default="auto", help="device of the throughput section: auto, cpu, cuda")
     p.add_argument("--threads", type=int, help="torch threads here and OMP_NUM_THREADS of the training runs (default: leave as is)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="distribution codecs trained at a time in the rate section (each a compressai-train process; "
+                        "the timed sections run after them)")
     p.add_argument("--profile", action="store_true", help="always profile the adaptive training step (default: only when below target)")
     args = p.parse_args(argv)
     if args.machine is None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -146,16 +146,19 @@ def share_by_steps(run: Path, model, steps: Sequence[int] = (512, 1024, 2048, 40
             "pct_at_steps": {str(n): by_steps[n] for n in steps if n in by_steps}}
 
 
+def ablation_run(wdir: Path, quality: int, k: int, prof) -> Tuple[Path, List[str], Path]:
+    """The root, overrides (beyond the paper objective) and log file of the ablation run on ``k`` photographs."""
+    over = [f"++dataset.train.config.max_images={k}", *C.budget_overrides(prof["ablation_epochs"], prof["ablation_samples"])]
+    return wdir / f"ablation_root_k{k}", over, wdir / "logs" / f"ablation-q{quality}-k{k}.log"
+
+
 def corpus_ablation(prof, wdir: Path, quality: int, sizes: Sequence[int], train_fn) -> List[Dict[str, Any]]:
     """The paper's codec trained on the first ``k`` train photographs (same budget each), then its shares."""
     from encdist.cli.eval import load_run
 
     rows = []
     for k in sizes:
-        root = wdir / f"ablation_root_k{k}"
-        run = train_fn(root, quality, [f"++dataset.train.config.max_images={k}",
-                                       *C.budget_overrides(prof["ablation_epochs"], prof["ablation_samples"])],
-                       wdir / "logs" / f"ablation-q{quality}-k{k}.log")
+        run = train_fn(quality, *ablation_run(wdir, quality, k, prof))
         model, _, _ = load_run(run)
         model = model.cpu().eval()
         model.update()

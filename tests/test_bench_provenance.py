@@ -65,3 +65,42 @@ def test_runs_of_a_commit_with_the_same_training_code_are_reused():
     parent = git("rev-parse", "--short", f"{last}~1")
     if parent:  # absent in a shallow clone
         assert not C.same_training_code(parent), "the commit before the last change to the training code"
+
+
+def test_parallel_training_makes_the_sequential_calls(tmp_path, monkeypatch):
+    """``bench.py --jobs N`` trains the same runs as the sequential path: the same ``_train_one`` calls, any order."""
+    import rate
+
+    import evidence as E
+
+    calls = []
+
+    def fake_train_one(root, quality, overrides, logfile, any_code=False):
+        calls.append((str(root), quality, tuple(overrides), str(logfile)))
+        return Path(root) / f"q{quality}"
+
+    class FakeFolder:
+        def __init__(self, path):
+            self.path = path
+
+        def checkpoint(self):
+            return self.path / "checkpoints" / "runner.last.pth"
+
+    monkeypatch.setattr(rate, "_train_one", fake_train_one)
+    monkeypatch.setattr(rate, "RunFolder", FakeFolder)
+    prof = {"paper_epochs": 3, "paper_samples": 16, "adaptive_epochs": 2, "adaptive_samples": 8, "adaptive_lr": 1e-4,
+            "ablation_images": (4, 8), "ablation_epochs": 1, "ablation_samples": 8}
+    fam = [{"quality": q} for q in (1, 3, 6)]
+    rate._train(prof, fam, tmp_path)
+    sequential = set(calls)
+    assert len(sequential) == 2 * len(fam)
+    calls.clear()
+    rate.train_in_parallel(prof, fam, tmp_path, jobs=2)
+    parallel = set(calls)
+    assert sequential <= parallel
+    ablation = parallel - sequential
+    assert len(ablation) == 2
+    for root, quality, over, log in ablation:
+        k = int(root.rsplit("_k", 1)[1])
+        r, o, lg = E.ablation_run(tmp_path, quality, k, prof)
+        assert (root, over, log) == (str(r), (*rate.PAPER_OBJECTIVE, *o), str(lg))
