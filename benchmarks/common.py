@@ -11,6 +11,7 @@ import platform
 import re
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -29,8 +30,14 @@ TARGET_TRAIN_SPEEDUP = 5.0  # adaptive-stage training step vs full step, images/
 TARGET_CODING_RATIO = 1.25  # adaptive enc+dec time / static enc+dec time, at most
 
 
+_LOG_LOCK = threading.Lock()
+
+
 def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    """One line per message, whole, even from ``--jobs`` threads."""
+    with _LOG_LOCK:
+        sys.stdout.write(f"[bench {time.strftime('%H:%M:%S')}] {msg}\n")
+        sys.stdout.flush()
 
 
 def sanitize(name: str) -> str:
