@@ -16,6 +16,7 @@ checksums and a hash of the code; ``--fresh`` retrains.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -107,6 +108,11 @@ def _train_one(root: Path, quality: int, overrides: Sequence[str], logfile: Path
     return run
 
 
+def _train_paper(quality: int, root: Path, overrides: Sequence[str], logfile: Path, any_code: bool = False) -> Path:
+    """:func:`_train_one` with the paper's objective (:data:`PAPER_OBJECTIVE`) before ``overrides``."""
+    return _train_one(root, quality, [*PAPER_OBJECTIVE, *overrides], logfile, any_code)
+
+
 def _train(prof, fam, wdir: Path, any_code: bool = False) -> Dict[int, Dict[str, Path]]:
     """Per quality, two distribution codecs on the same frozen transforms, each trained for the coder it serves.
 
@@ -128,7 +134,7 @@ def _train(prof, fam, wdir: Path, any_code: bool = False) -> Dict[int, Dict[str,
     return runs
 
 
-def train_in_parallel(prof, fam, wdir: Path, jobs: int, any_code: bool = False) -> None:
+def train_in_parallel(prof, fam, wdir: Path, jobs: int, ablation_quality: int, any_code: bool = False) -> None:
     """Train what :func:`_train` and the corpus-size ablation need, ``jobs`` trainings at a time.
 
     Each quality's chain (paper objective, then the default fine-tuned from it) and each
@@ -141,11 +147,9 @@ def train_in_parallel(prof, fam, wdir: Path, jobs: int, any_code: bool = False) 
 
     import evidence as E
 
-    q = int(C.compose("quickstart", []).hp.quality)
     tasks = [lambda f=f: _train(prof, [f], wdir, any_code) for f in sorted(fam, key=lambda f: -f["quality"])]
     for k in prof.get("ablation_images") or ():
-        root, over, log = E.ablation_run(wdir, q, k, prof)
-        tasks.append(lambda root=root, over=over, log=log: _train_one(root, q, [*PAPER_OBJECTIVE, *over], log, any_code))
+        tasks.append(lambda k=k: _train_paper(ablation_quality, *E.ablation_run(wdir, ablation_quality, k, prof), any_code))
     C.log(f"rate: {len(tasks)} training tasks, {jobs} at a time")
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for fut in [pool.submit(t) for t in tasks]:
@@ -347,9 +351,11 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     (wdir / "settings.json").write_text(json.dumps(settings, indent=2))
     out: Dict[str, Any] = {"settings": settings, "work_dir": C.rel(wdir), "family": fam, "stages": {}}
 
+    # The corpus-size ablation's quality: the quickstart's.
+    ablation_q = int(C.compose("quickstart", []).hp.quality)
     t = time.perf_counter()
-    if getattr(args, "jobs", 1) > 1:
-        train_in_parallel(prof, fam, wdir, args.jobs, bool(args.rate_dir))
+    if args.jobs > 1:
+        train_in_parallel(prof, fam, wdir, args.jobs, ablation_q, bool(args.rate_dir))
     runs = _train(prof, fam, wdir, bool(args.rate_dir))
     out["stages"]["training_s"] = time.perf_counter() - t
     out["runs"] = {str(q): {k: C.rel(v) for k, v in r.items()} for q, r in runs.items()}
@@ -375,12 +381,11 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     if prof.get("ablation_images"):
         import evidence as E
 
-        q = int(C.compose("quickstart", []).hp.quality)
-        C.log(f"rate: corpus-size ablation of the paper's codec at quality {q} ({prof['ablation_images']} train photographs)")
+        C.log(f"rate: corpus-size ablation of the paper's codec at quality {ablation_q} ({prof['ablation_images']} train photographs)")
         t = time.perf_counter()
-        train = lambda quality, root, over, log: _train_one(root, quality, [*PAPER_OBJECTIVE, *over], log, bool(args.rate_dir))  # noqa: E731
-        out["ablation"] = {"quality": q, "epochs": prof["ablation_epochs"], "samples": prof["ablation_samples"],
-                           "rows": E.corpus_ablation(prof, wdir, q, prof["ablation_images"], train)}
+        train = functools.partial(_train_paper, any_code=bool(args.rate_dir))
+        out["ablation"] = {"quality": ablation_q, "epochs": prof["ablation_epochs"], "samples": prof["ablation_samples"],
+                           "rows": E.corpus_ablation(prof, wdir, ablation_q, prof["ablation_images"], train)}
         out["stages"]["ablation_s"] = time.perf_counter() - t
     out["points"], out["per_image"] = points, per_image
 

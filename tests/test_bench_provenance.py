@@ -95,7 +95,7 @@ def test_parallel_training_makes_the_sequential_calls(tmp_path, monkeypatch):
     sequential = set(calls)
     assert len(sequential) == 2 * len(fam)
     calls.clear()
-    rate.train_in_parallel(prof, fam, tmp_path, jobs=2)
+    rate.train_in_parallel(prof, fam, tmp_path, jobs=2, ablation_quality=6)
     parallel = set(calls)
     assert sequential <= parallel
     ablation = parallel - sequential
