@@ -125,13 +125,13 @@ def section_anchor(args, prof, rate: Dict[str, Any] | None) -> Dict[str, Any]:
     from contexts import _train_crops
     from encdist.evaluation.evaluate import evaluate_image
     from encdist.recipes.base_family import weights_path
-    from rate import _family, _images, reference_model
+    from rate import committed_family, eval_images, reference_model
 
-    fam = _family(MODEL)
+    fam = committed_family(MODEL)
     if not fam:
         raise RuntimeError(f"no committed {MODEL} weights match weights/MANIFEST.json: "
                            'make base-models BASE_ARGS="--model bmshj2018-hyperprior"')
-    source, images = _images(prof.get("rate_images"))
+    source, images = eval_images(prof.get("rate_images"))
     crops = _train_crops(prof.get("context_crops", 32))
     points = []
     for f in fam:

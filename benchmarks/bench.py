@@ -59,15 +59,16 @@ SECTIONS = ("rate", "contexts", "anchor", "throughput", "coding", "cost", "memor
 PROFILES: Dict[str, Dict[str, Any]] = {
     # None: the config's own value (quickstart.yaml).
     # paper_*: the distribution codec trained for the paper's coder; adaptive_*: fine-tuned from it for the
-    # default coder (benchmarks/rate.py); ablation_*: the corpus-size ablation's shorter budget.
+    # default coder (benchmarks/rate.py); ablation_*: the corpus-size ablation's shorter budget; capacity_sizes:
+    # (N, M) of the paper's codec trained again at the family's lowest and highest λ with the paper_* budget (evidence.py).
     # The paper's codec needs its steps (128 x 512 crops = 8,192 steps; at 48 x 256 its q1 codec coded at twice
     # the static rate); the fine-tuning converges in a few hundred (12 x 256 crops, about 4 min per quality here).
     "full": dict(paper_epochs=128, paper_samples=512, adaptive_epochs=12, adaptive_samples=256, adaptive_lr=5e-4,
-                 ablation_images=(4, 8, 16), ablation_epochs=60, ablation_samples=256, rate_images=None,
+                 ablation_images=(4, 8, 16), ablation_epochs=60, ablation_samples=256, capacity_sizes=((64, 32),), rate_images=None,
                  tp_steps=8, tp_warmup=2, tp_batch=8, tp_size=256, coding_reps=7, coding_warmup=1,
                  memory_sizes=((2160, 3840), (4320, 7680)), memory_channels=(192, 320)),
     "quick": dict(paper_epochs=1, paper_samples=16, adaptive_epochs=1, adaptive_samples=16, adaptive_lr=5e-4,
-                  ablation_images=(), ablation_epochs=1, ablation_samples=16, rate_images=2, context_crops=4,
+                  ablation_images=(), ablation_epochs=1, ablation_samples=16, capacity_sizes=(), rate_images=2, context_crops=4,
                   tp_steps=2, tp_warmup=1, tp_batch=8, tp_size=256, coding_reps=2, coding_warmup=0,
                   memory_sizes=((512, 768),), memory_channels=(192,)),
 }
@@ -89,6 +90,7 @@ def parse_args(argv=None):
     p.add_argument("--adaptive-epochs", type=int, help="epochs of the default-objective fine-tuning")
     p.add_argument("--adaptive-samples", type=int, help="train crops per default-objective epoch")
     p.add_argument("--ablation-images", help="comma-separated train-photo counts of the corpus-size ablation ('' skips it)")
+    p.add_argument("--capacity-sizes", help="comma-separated NxM sizes of the paper's codec's capacity ablation, e.g. 64x32 ('' skips it)")
     p.add_argument("--tp-steps", type=int, help="measured throughput steps per arm")
     p.add_argument("--tp-batch", type=int)
     p.add_argument("--coding-reps", type=int)
@@ -117,6 +119,14 @@ def main(argv=None) -> int:
     prof.update({k: v for k, v in overrides.items() if v})
     if args.ablation_images is not None:
         prof["ablation_images"] = tuple(int(v) for v in args.ablation_images.split(",") if v.strip())
+    if args.capacity_sizes is not None:
+        try:
+            prof["capacity_sizes"] = tuple(tuple(int(n) for n in v.lower().split("x")) for v in args.capacity_sizes.split(",") if v.strip())
+        except ValueError:
+            prof["capacity_sizes"] = ((),)
+        if any(len(size) != 2 or min(size) < 1 for size in prof["capacity_sizes"]):
+            print(f"bench.py: --capacity-sizes wants sizes NxM of positive integers, e.g. 64x32; got {args.capacity_sizes!r}", file=sys.stderr)
+            return 2
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]
     if bad:

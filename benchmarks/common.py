@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import math
@@ -15,7 +16,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -117,6 +118,37 @@ def compose(name: str, overrides: Sequence[str]):
         conf = compose(config_name=name, overrides=list(overrides))
     OmegaConf.set_struct(conf, False)
     return conf
+
+
+@functools.lru_cache(maxsize=None)
+def quickstart():
+    """The quickstart config without overrides, composed once per process (read-only: shared by the sections)."""
+    from omegaconf import OmegaConf
+
+    conf = compose("quickstart", [])
+    OmegaConf.set_readonly(conf, True)
+    return conf
+
+
+def work_run(wdir: Path, kind: str, quality: int, variant: str = "") -> Tuple[Path, Path]:
+    """``(root, log file)`` of one trained run in a benchmark work folder: the folder's layout, named once.
+
+    ``kind``: ``paper`` or ``adaptive`` (the rate section's two codecs per quality), ``ablation``
+    (``variant`` ``k<photographs>``), ``capacity`` (``variant`` ``<N>x<M>``). Roots are
+    ``<kind>_root[_<variant>]``, logs ``logs/<kind>-q<quality>[-<variant>].log``.
+    """
+    root = wdir / (f"{kind}_root_{variant}" if variant else f"{kind}_root")
+    return root, wdir / "logs" / (f"{kind}-q{quality}-{variant}.log" if variant else f"{kind}-q{quality}.log")
+
+
+def load_model(run: Path):
+    """``(model, config, checkpoint)`` of a trained run, on the CPU, in eval mode, its coding tables built."""
+    from encdist.cli.eval import load_run
+
+    model, conf, ckpt = load_run(run)
+    model = model.cpu().eval()
+    model.update()
+    return model, conf, ckpt
 
 
 def train_settings(conf) -> Dict[str, Any]:

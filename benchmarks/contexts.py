@@ -71,10 +71,10 @@ def section_contexts(args, prof) -> Dict[str, Any]:
     from encdist.evaluation.bd import bd_rate
     from encdist.evaluation.evaluate import evaluate_image
     from encdist.recipes.base_family import weights_path
-    from rate import _family, _images
+    from rate import committed_family, eval_images
 
-    fam = _family()
-    source, images = _images(prof.get("rate_images"))
+    fam = committed_family()
+    source, images = eval_images(prof.get("rate_images"))
     crops = _train_crops(prof.get("context_crops", 32))
     points = []
     for f in fam:

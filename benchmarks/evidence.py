@@ -17,6 +17,7 @@ report. Everything here is measured on the corpus' photographs; the test split i
   remaining loss spreads over channels.
 * :func:`corpus_ablation`: the paper's codec trained on the first 4, 8, 16 train photographs
   with one fixed budget.
+* :func:`capacity_ablation`: the paper's codec at a larger size, same budget, same quality.
 """
 
 from __future__ import annotations
@@ -149,20 +150,40 @@ def share_by_steps(run: Path, model, steps: Sequence[int] = (512, 1024, 2048, 40
 def ablation_run(wdir: Path, quality: int, k: int, prof) -> Tuple[Path, List[str], Path]:
     """The root, overrides (beyond the paper objective) and log file of the ablation run on ``k`` photographs."""
     over = [f"++dataset.train.config.max_images={k}", *C.budget_overrides(prof["ablation_epochs"], prof["ablation_samples"])]
-    return wdir / f"ablation_root_k{k}", over, wdir / "logs" / f"ablation-q{quality}-k{k}.log"
+    root, log = C.work_run(wdir, "ablation", quality, f"k{k}")
+    return root, over, log
+
+
+def _shares(run: Path) -> Dict[str, Any]:
+    """A trained paper-objective run's codec: its size and its shares of the gap on train and test (estimated bits)."""
+    model, _, _ = C.load_model(run)
+    pm = model.adaptive_codec.pdf_model
+    est = share_estimates(model, top=0)
+    return {"run": C.rel(run), "N": pm.N, "M": pm.M, "params": sum(q.numel() for q in pm.parameters()),
+            **{f"{s}_gap_closed_pct": est[s]["gap_closed_pct"] for s in est}, "test_bpp_side": est["test"]["bpp_side"]}
 
 
 def corpus_ablation(prof, wdir: Path, quality: int, sizes: Sequence[int], train_fn) -> List[Dict[str, Any]]:
     """The paper's codec trained on the first ``k`` train photographs (same budget each), then its shares."""
-    from encdist.cli.eval import load_run
+    return [{"train_images": k, **_shares(train_fn(quality, *ablation_run(wdir, quality, k, prof)))} for k in sizes]
 
-    rows = []
-    for k in sizes:
-        run = train_fn(quality, *ablation_run(wdir, quality, k, prof))
-        model, _, _ = load_run(run)
-        model = model.cpu().eval()
-        model.update()
-        est = share_estimates(model, top=0)
-        rows.append({"train_images": k, "run": C.rel(run),
-                     **{f"{s}_gap_closed_pct": est[s]["gap_closed_pct"] for s in est}})
-    return rows
+
+def capacity_run(wdir: Path, quality: int, size: Sequence[int], prof) -> Tuple[Path, List[str], Path]:
+    """The root, overrides (beyond the paper objective) and log file of the paper's codec at size ``(N, M)``.
+
+    Same budget as the rate section's paper-objective runs, so that the only difference from the
+    rate section's run of the same quality is the codec's size.
+    """
+    n, m = (int(v) for v in size)
+    over = [f"hp.pdf_model.N={n}", f"hp.pdf_model.M={m}", *C.budget_overrides(prof["paper_epochs"], prof["paper_samples"])]
+    root, log = C.work_run(wdir, "capacity", quality, f"{n}x{m}")
+    return root, over, log
+
+
+def capacity_ablation(prof, wdir: Path, quality: int, sizes: Sequence[Sequence[int]], train_fn, paper_run: Path) -> List[Dict[str, Any]]:
+    """The paper's codec at ``quality`` at its own size (the rate section's ``paper_run``) and at each of ``sizes``.
+
+    Shares of the gap on the photographs it trains on and on the test split: a larger codec that
+    gains on train but not on test is limited by its training photographs, not by its size.
+    """
+    return [_shares(paper_run)] + [_shares(train_fn(quality, *capacity_run(wdir, quality, size, prof))) for size in sizes]

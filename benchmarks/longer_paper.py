@@ -38,9 +38,10 @@ def main(argv=None) -> int:
 
     work = Path(args.rate_dir).resolve()
     out = Path(args.out) if args.out else work / "longer_paper" / f"q{args.quality}"
-    run = rate._completed_run(work / "paper_root", args.quality, any_code=True)
+    paper_root, _ = C.work_run(work, "paper", args.quality)
+    run = rate.completed_run(paper_root, args.quality, any_code=True)
     if run is None:
-        print(f"longer_paper.py: no completed paper-objective run of quality {args.quality} under {work / 'paper_root'}")
+        print(f"longer_paper.py: no completed paper-objective run of quality {args.quality} under {paper_root}")
         return 2
     full = PROFILES["full"]
     rows = []
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     def record(run: Path) -> None:
         log = [json.loads(line) for line in (run / "results" / "epochs.jsonl").read_text().splitlines() if line.strip()]
         steps = (rows[-1]["steps"] if rows else 0) + int(log[-1]["train_steps"])
-        model, _, _ = rate._load(run)
+        model, _, _ = C.load_model(run)
         shares = {k: v["gap_closed_pct"] for k, v in E.share_estimates(model, top=0).items()}
         rows.append({"steps": steps, "run": C.rel(run), "shares_pct": shares})
         C.log(f"q{args.quality}, {steps} steps: share of the gap {shares}")
@@ -59,8 +60,8 @@ def main(argv=None) -> int:
     for r in range(1, args.rounds + 1):
         init = RunFolder(run).checkpoint()
         budget = C.budget_overrides(full["paper_epochs"], full["paper_samples"])
-        run = rate._train_one(out / f"round{r}", args.quality, [*rate.PAPER_OBJECTIVE, *budget, f"++paths.model_checkpoint={init}"],
-                              out / f"round{r}.log", any_code=True)
+        run = rate.train_paper(args.quality, out / f"round{r}", [*budget, f"++paths.model_checkpoint={init}"],
+                               out / f"round{r}.log", any_code=True)
         record(run)
     return 0
 

@@ -49,7 +49,7 @@ TARGET_CONTEXT_DEFAULT_GAIN = 6.0  # % of the default with contexts below the pr
 TARGET_TRAINING_RATE = 1.0  # % between the rate a model trains for (bpp_y_loss) and its real y bytes, valid split
 
 
-def _family(model: str = "bmshj2018-factorized") -> List[Dict[str, Any]]:
+def committed_family(model: str = "bmshj2018-factorized") -> List[Dict[str, Any]]:
     """The committed weights of ``model`` that match their manifest (quality, lambda, file, sha256)."""
     from encdist.recipes.base_family import FAMILY, load_manifest, verify, weights_path
 
@@ -68,7 +68,7 @@ def _family(model: str = "bmshj2018-factorized") -> List[Dict[str, Any]]:
     return sorted(out, key=lambda r: r["lambda"])
 
 
-def _images(limit: int | None = None):
+def eval_images(limit: int | None = None):
     import torchvision.transforms as T
 
     from encdist.datasets import PhotoCorpus
@@ -80,7 +80,7 @@ def _images(limit: int | None = None):
     return source, [(ds.names[i], ds[i].unsqueeze(0)) for i in range(n)]
 
 
-def _completed_run(root: Path, quality: int, any_code: bool = False) -> Path | None:
+def completed_run(root: Path, quality: int, any_code: bool = False) -> Path | None:
     from omegaconf import OmegaConf
 
     for d in C.completed_runs(root, any_code).values():
@@ -94,23 +94,23 @@ PAPER_OBJECTIVE = ("hp.backward_adaptation=false", "hp.fallback_static=false")
 _NO_EXTRAS = ("runner.inference.baselines=[]", "runner.inference.figures=false")
 
 
-def _train_one(root: Path, quality: int, overrides: Sequence[str], logfile: Path, any_code: bool = False) -> Path:
+def train_one(root: Path, quality: int, overrides: Sequence[str], logfile: Path, any_code: bool = False) -> Path:
     """A completed quickstart run of ``quality`` under ``root``, trained with ``overrides`` if there is none.
 
     ``any_code``: a run trained by other code counts too (:func:`common.completed_runs`).
     """
-    run = _completed_run(root, quality, any_code)
+    run = completed_run(root, quality, any_code)
     if run is None:
         C.run_training("quickstart", [f"hp.quality={quality}", *_NO_EXTRAS, *overrides], root, logfile)
-        run = _completed_run(root, quality)
+        run = completed_run(root, quality)
     if run is None:
         raise RuntimeError(f"no completed quickstart run for hp.quality={quality} under {root}")
     return run
 
 
-def _train_paper(quality: int, root: Path, overrides: Sequence[str], logfile: Path, any_code: bool = False) -> Path:
-    """:func:`_train_one` with the paper's objective (:data:`PAPER_OBJECTIVE`) before ``overrides``."""
-    return _train_one(root, quality, [*PAPER_OBJECTIVE, *overrides], logfile, any_code)
+def train_paper(quality: int, root: Path, overrides: Sequence[str], logfile: Path, any_code: bool = False) -> Path:
+    """:func:`train_one` with the paper's objective (:data:`PAPER_OBJECTIVE`) before ``overrides``."""
+    return train_one(root, quality, [*PAPER_OBJECTIVE, *overrides], logfile, any_code)
 
 
 def _train(prof, fam, wdir: Path, any_code: bool = False) -> Dict[int, Dict[str, Path]]:
@@ -123,19 +123,24 @@ def _train(prof, fam, wdir: Path, any_code: bool = False) -> Dict[int, Dict[str,
     runs = {}
     for f in fam:
         q = f["quality"]
-        paper = _train_one(wdir / "paper_root", q, [*PAPER_OBJECTIVE, *C.budget_overrides(prof["paper_epochs"], prof["paper_samples"])],
-                           wdir / "logs" / f"paper-q{q}.log", any_code)
+        root, log = C.work_run(wdir, "paper", q)
+        paper = train_paper(q, root, C.budget_overrides(prof["paper_epochs"], prof["paper_samples"]), log, any_code)
         init = RunFolder(paper).checkpoint()
-        adaptive = _train_one(wdir / "adaptive_root", q,
-                              [*C.budget_overrides(prof["adaptive_epochs"], prof["adaptive_samples"]),
-                               f"optimizer.net.lr={prof['adaptive_lr']}", f"++paths.model_checkpoint={init}"],
-                              wdir / "logs" / f"adaptive-q{q}.log", any_code)
+        root, log = C.work_run(wdir, "adaptive", q)
+        adaptive = train_one(root, q, [*C.budget_overrides(prof["adaptive_epochs"], prof["adaptive_samples"]),
+                                       f"optimizer.net.lr={prof['adaptive_lr']}", f"++paths.model_checkpoint={init}"], log, any_code)
         runs[q] = {"paper": paper, "adaptive": adaptive}
     return runs
 
 
+def capacity_qualities(fam) -> List[int]:
+    """The capacity ablation's qualities: the family's lowest λ (where the paper's codec closes the least) and highest."""
+    ends = sorted(fam, key=lambda f: f["lambda"])
+    return sorted({ends[0]["quality"], ends[-1]["quality"]})
+
+
 def train_in_parallel(prof, fam, wdir: Path, jobs: int, ablation_quality: int, any_code: bool = False) -> None:
-    """Train what :func:`_train` and the corpus-size ablation need, ``jobs`` trainings at a time.
+    """Train what :func:`_train` and the corpus-size and capacity ablations need, ``jobs`` trainings at a time.
 
     Each quality's chain (paper objective, then the default fine-tuned from it) and each
     ablation run is one task; the longest (highest quality) start first. Every task makes the
@@ -149,20 +154,14 @@ def train_in_parallel(prof, fam, wdir: Path, jobs: int, ablation_quality: int, a
 
     tasks = [lambda f=f: _train(prof, [f], wdir, any_code) for f in sorted(fam, key=lambda f: -f["quality"])]
     for k in prof.get("ablation_images") or ():
-        tasks.append(lambda k=k: _train_paper(ablation_quality, *E.ablation_run(wdir, ablation_quality, k, prof), any_code))
+        tasks.append(lambda k=k: train_paper(ablation_quality, *E.ablation_run(wdir, ablation_quality, k, prof), any_code))
+    for q in capacity_qualities(fam):
+        for size in prof.get("capacity_sizes") or ():
+            tasks.append(lambda q=q, size=size: train_paper(q, *E.capacity_run(wdir, q, size, prof), any_code))
     C.log(f"rate: {len(tasks)} training tasks, {jobs} at a time")
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for fut in [pool.submit(t) for t in tasks]:
             fut.result()
-
-
-def _load(run: Path):
-    from encdist.cli.eval import load_run
-
-    model, conf, ckpt = load_run(run)
-    model = model.cpu().eval()
-    model.update()
-    return model, conf, ckpt
 
 
 #: Which of the two trained codecs codes each way (see :func:`_train`).
@@ -175,7 +174,7 @@ def _evaluate(runs: Dict[str, Path], images) -> Dict[str, Any]:
     from encdist.codec.bitstream import MODE_BACKWARD, MODE_CONTEXT, MODE_MIXED, MODE_STATIC, parse_side, unpack_mask
     from encdist.evaluation.evaluate import evaluate_image
 
-    models = {k: _load(r) for k, r in runs.items()}
+    models = {k: C.load_model(r) for k, r in runs.items()}
     codec = models["adaptive"][0].adaptive_codec
     rows = []
     for name, x in images:
@@ -196,8 +195,8 @@ def _evidence(runs: Dict[str, Path]) -> Dict[str, Any]:
     """Per quality: the training rate against the bytes, the oracle start, the paper codec's shares (see evidence.py)."""
     import evidence as E
 
-    paper, _, _ = _load(runs["paper"])
-    adaptive, _, _ = _load(runs["adaptive"])
+    paper, _, _ = C.load_model(runs["paper"])
+    adaptive, _, _ = C.load_model(runs["adaptive"])
     return {"training_rate": {"adaptive": E.training_rate(adaptive, "adaptive"), "paper": E.training_rate(paper, "paper")},
             "oracle_start": E.oracle_start(adaptive), "paper_shares": E.share_estimates(paper),
             "paper_share_by_steps": E.share_by_steps(runs["paper"], paper)}
@@ -339,7 +338,7 @@ def work_folder(work: Path, settings: Dict[str, Any], quick: bool) -> Path:
 
 
 def section_rate(args, prof, work: Path) -> Dict[str, Any]:
-    fam = _family()
+    fam = committed_family()
     if len(fam) < 1:
         raise RuntimeError("no committed weights match weights/MANIFEST.json: run make base-models")
     settings = training_settings(prof, fam)
@@ -352,7 +351,7 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     out: Dict[str, Any] = {"settings": settings, "work_dir": C.rel(wdir), "family": fam, "stages": {}}
 
     # The corpus-size ablation's quality: the quickstart's.
-    ablation_q = int(C.compose("quickstart", []).hp.quality)
+    ablation_q = int(C.quickstart().hp.quality)
     t = time.perf_counter()
     if args.jobs > 1:
         train_in_parallel(prof, fam, wdir, args.jobs, ablation_q, bool(args.rate_dir))
@@ -366,7 +365,7 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     out["runs_made_by"] = sorted({json.loads((v / "results" / "infer.json").read_text()).get("meta", {}).get("code", "unknown")
                                   for r in runs.values() for v in r.values()})
 
-    source, images = _images(prof.get("rate_images"))
+    source, images = eval_images(prof.get("rate_images"))
     out["images"] = {"source": source, "names": [n for n, _ in images], "sizes": [list(x.shape[-2:]) for _, x in images]}
     t = time.perf_counter()
     points, per_image = [], {}
@@ -383,10 +382,21 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
 
         C.log(f"rate: corpus-size ablation of the paper's codec at quality {ablation_q} ({prof['ablation_images']} train photographs)")
         t = time.perf_counter()
-        train = functools.partial(_train_paper, any_code=bool(args.rate_dir))
+        train = functools.partial(train_paper, any_code=bool(args.rate_dir))
         out["ablation"] = {"quality": ablation_q, "epochs": prof["ablation_epochs"], "samples": prof["ablation_samples"],
                            "rows": E.corpus_ablation(prof, wdir, ablation_q, prof["ablation_images"], train)}
         out["stages"]["ablation_s"] = time.perf_counter() - t
+    if prof.get("capacity_sizes"):
+        import evidence as E
+
+        cap_qs = capacity_qualities(fam)
+        C.log(f"rate: the paper's codec at qualities {cap_qs} at sizes (N, M) {list(prof['capacity_sizes'])}")
+        t = time.perf_counter()
+        train = functools.partial(train_paper, any_code=bool(args.rate_dir))
+        out["capacity"] = {"epochs": prof["paper_epochs"], "samples": prof["paper_samples"],
+                           "rows": [{"quality": q, **row} for q in cap_qs
+                                    for row in E.capacity_ablation(prof, wdir, q, prof["capacity_sizes"], train, runs[q]["paper"])]}
+        out["stages"]["capacity_s"] = time.perf_counter() - t
     out["points"], out["per_image"] = points, per_image
 
     from encdist.evaluation.bd import gap_share
@@ -442,7 +452,7 @@ def reference_model(rate: Dict[str, Any] | None, work: Path, args):
 
     from encdist.cli.eval import load_run
 
-    q = int(C.compose("quickstart", []).hp.quality)
+    q = int(C.quickstart().hp.quality)
     if rate and rate.get("runs", {}).get(str(q)):
         run = rate["runs"][str(q)]["adaptive"]
         model, _, _ = load_run(C.ROOT / run)

@@ -307,6 +307,16 @@ def _md_evidence(r: Dict[str, Any]) -> List[str]:
         for row in ab["rows"]:
             L.append(f"| {row['train_images']} | {C.fmt(row['train_gap_closed_pct'], '.1f')} % | {C.fmt(row['test_gap_closed_pct'], '.1f')} % |")
         L.append("")
+    cap = r.get("capacity")
+    if cap:
+        L.append("**Codec size.** The paper's codec at the family's lowest and highest λ, trained with the rate section's budget "
+                 f"({cap['epochs']} epochs of {cap['samples']} crops) at the paper's size (the rate section's run) and larger; share of "
+                 "the gap closed (estimated bits) on the photographs it trains on and on the test split:")
+        L += ["", "| quality | (N, M) | parameters | train photographs | test | test: side bpp |", "|---|---|---|---|---|---|"]
+        for row in cap["rows"]:
+            L.append(f"| q{row['quality']} | ({row['N']}, {row['M']}) | {row['params']:,} | {C.fmt(row['train_gap_closed_pct'], '.1f')} % "
+                     f"| {C.fmt(row['test_gap_closed_pct'], '.1f')} % | {C.fmt(row['test_bpp_side'], '.5f')} |")
+        L.append("")
     return L
 
 

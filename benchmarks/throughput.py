@@ -90,7 +90,7 @@ class _Arm:
 def section_throughput(args, prof, base_model, model_desc, device) -> Dict[str, Any]:
     steps, warm, bs, size = prof["tp_steps"], prof["tp_warmup"], prof["tp_batch"], prof["tp_size"]
     batches = [b.to(device) for b in _batches(min(steps + warm, 4), bs, size)]
-    qs = C.compose("quickstart", [])
+    qs = C.quickstart()
     common = dict(device=device, lmbda=float(qs.criterion.lmbda), target_size=tuple(qs.criterion.target_size))
     frozen = ["g_a", "g_s", "entropy_bottleneck"]
     adaptive = _Arm("adaptive stage: model(x, with_x_hat=False), frozen g_a/g_s/EB", copy.deepcopy(base_model), frozen, False, **common)
@@ -139,8 +139,8 @@ def section_throughput(args, prof, base_model, model_desc, device) -> Dict[str, 
     if "adaptive_cached" in res["arms"]:
         res["speedup_cached"] = res["arms"]["adaptive_cached"]["images_per_s"] / res["arms"]["full"]["images_per_s"]
         try:
-            E = int(C.compose("quickstart", []).engine.num_epochs)
-            cache_on = bool(C.compose("quickstart", []).runner.get("latent_cache", False))
+            E = int(C.quickstart().engine.num_epochs)
+            cache_on = bool(C.quickstart().runner.get("latent_cache", False))
         except Exception:
             E, cache_on = None, None
         if E:

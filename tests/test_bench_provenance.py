@@ -68,7 +68,7 @@ def test_runs_of_a_commit_with_the_same_training_code_are_reused():
 
 
 def test_parallel_training_makes_the_sequential_calls(tmp_path, monkeypatch):
-    """``bench.py --jobs N`` trains the same runs as the sequential path: the same ``_train_one`` calls, any order."""
+    """``bench.py --jobs N`` trains the same runs as the sequential path: the same ``train_one`` calls, any order."""
     import rate
 
     import evidence as E
@@ -86,11 +86,11 @@ def test_parallel_training_makes_the_sequential_calls(tmp_path, monkeypatch):
         def checkpoint(self):
             return self.path / "checkpoints" / "runner.last.pth"
 
-    monkeypatch.setattr(rate, "_train_one", fake_train_one)
+    monkeypatch.setattr(rate, "train_one", fake_train_one)
     monkeypatch.setattr(rate, "RunFolder", FakeFolder)
     prof = {"paper_epochs": 3, "paper_samples": 16, "adaptive_epochs": 2, "adaptive_samples": 8, "adaptive_lr": 1e-4,
-            "ablation_images": (4, 8), "ablation_epochs": 1, "ablation_samples": 8}
-    fam = [{"quality": q} for q in (1, 3, 6)]
+            "ablation_images": (4, 8), "ablation_epochs": 1, "ablation_samples": 8, "capacity_sizes": ((64, 32),)}
+    fam = [{"quality": q, "lambda": lm} for q, lm in ((3, 0.0067), (1, 0.0018), (6, 0.0483))]
     rate._train(prof, fam, tmp_path)
     sequential = set(calls)
     assert len(sequential) == 2 * len(fam)
@@ -98,9 +98,20 @@ def test_parallel_training_makes_the_sequential_calls(tmp_path, monkeypatch):
     rate.train_in_parallel(prof, fam, tmp_path, jobs=2, ablation_quality=6)
     parallel = set(calls)
     assert sequential <= parallel
-    ablation = parallel - sequential
+    extra = parallel - sequential
+    assert len(extra) == 4
+    ablation = {c for c in extra if "_k" in c[0]}
     assert len(ablation) == 2
     for root, quality, over, log in ablation:
         k = int(root.rsplit("_k", 1)[1])
         r, o, lg = E.ablation_run(tmp_path, quality, k, prof)
         assert (root, over, log) == (str(r), (*rate.PAPER_OBJECTIVE, *o), str(lg))
+    # The capacity runs: the family's lowest and highest lambda, the paper's budget, the larger size.
+    capacity = sorted(extra - ablation, key=lambda c: c[1])
+    for (root, quality, over, log), q in zip(capacity, (1, 6), strict=True):
+        r, o, lg = E.capacity_run(tmp_path, q, (64, 32), prof)
+        assert (root, quality, over, log) == (str(r), q, (*rate.PAPER_OBJECTIVE, *o), str(lg))
+        assert "hp.pdf_model.N=64" in over and "engine.num_epochs=3" in over
+    # Every run has its own log file (the work folder's layout, common.work_run).
+    logs = [c[3] for c in parallel]
+    assert len(set(logs)) == len(logs)
