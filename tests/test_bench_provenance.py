@@ -115,3 +115,36 @@ def test_parallel_training_makes_the_sequential_calls(tmp_path, monkeypatch):
     # Every run has its own log file (the work folder's layout, common.work_run).
     logs = [c[3] for c in parallel]
     assert len(set(logs)) == len(logs)
+
+
+def _committed_results():
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    return json.loads((results / "vm-2cpu.json").read_text()), (results / "vm-2cpu.md").read_text()
+
+
+def test_the_committed_report_is_what_its_measurements_render_to():
+    """``vm-2cpu.md`` is ``report.render_md`` of ``vm-2cpu.json``: no number of the report was edited by hand."""
+    import report
+
+    res, md = _committed_results()
+    assert report.render_md(res) == md
+
+
+def test_the_capacity_ablation_is_reported_row_by_row():
+    """Every row of the capacity ablation (``rate.capacity``) appears in the report with its size and shares."""
+    import copy
+
+    import report
+
+    res, _ = _committed_results()
+    res = copy.deepcopy(res)
+    rows = [{"quality": 1, "N": 32, "M": 16, "params": 45728, "train_gap_closed_pct": 50.61, "test_gap_closed_pct": 53.84,
+             "test_bpp_side": 0.00107, "run": "a"},
+            {"quality": 1, "N": 64, "M": 32, "params": 123456, "train_gap_closed_pct": 63.61, "test_gap_closed_pct": 56.76,
+             "test_bpp_side": 0.00065, "run": "b"}]
+    res["sections"]["rate"]["capacity"] = {"epochs": 128, "samples": 512, "rows": rows}
+    md = report.render_md(res)
+    assert "| q1 | (32, 16) | 45,728 | 50.6 % | 53.8 % | 0.00107 |" in md
+    assert "| q1 | (64, 32) | 123,456 | 63.6 % | 56.8 % | 0.00065 |" in md
+    del res["sections"]["rate"]["capacity"]
+    assert "Codec size" not in report.render_md(res)
