@@ -109,6 +109,18 @@ def parse_args(argv=None):
     return args
 
 
+def _sizes(text: str):
+    """``"64x32,48x24"`` as ``((64, 32), (48, 24))``; ``None`` if any item is not ``NxM`` of positive integers."""
+    sizes = []
+    for item in (v.strip().lower() for v in text.split(",")):
+        if item:
+            parts = item.split("x")
+            if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+                return None
+            sizes.append((int(parts[0]), int(parts[1])))
+    return tuple(sizes)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
@@ -120,11 +132,8 @@ def main(argv=None) -> int:
     if args.ablation_images is not None:
         prof["ablation_images"] = tuple(int(v) for v in args.ablation_images.split(",") if v.strip())
     if args.capacity_sizes is not None:
-        try:
-            prof["capacity_sizes"] = tuple(tuple(int(n) for n in v.lower().split("x")) for v in args.capacity_sizes.split(",") if v.strip())
-        except ValueError:
-            prof["capacity_sizes"] = ((),)
-        if any(len(size) != 2 or min(size) < 1 for size in prof["capacity_sizes"]):
+        prof["capacity_sizes"] = _sizes(args.capacity_sizes)
+        if prof["capacity_sizes"] is None:
             print(f"bench.py: --capacity-sizes wants sizes NxM of positive integers, e.g. 64x32; got {args.capacity_sizes!r}", file=sys.stderr)
             return 2
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]

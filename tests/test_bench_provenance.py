@@ -148,3 +148,14 @@ def test_the_capacity_ablation_is_reported_row_by_row():
     assert "| q1 | (64, 32) | 123,456 | 63.6 % | 56.8 % | 0.00065 |" in md
     del res["sections"]["rate"]["capacity"]
     assert "Codec size" not in report.render_md(res)
+
+
+def test_capacity_sizes_are_parsed_or_refused_in_one_line(capsys):
+    import bench
+
+    assert bench._sizes("64x32, 48X24") == ((64, 32), (48, 24)) and bench._sizes("") == ()
+    for bad in ("64", "64x0", "64x32x2", "ax32"):
+        assert bench._sizes(bad) is None
+    assert bench.main(["--quick", "--sections", "memory", "--capacity-sizes", "64x0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--capacity-sizes" in err[0]
