@@ -154,11 +154,14 @@ def ablation_run(wdir: Path, quality: int, k: int, prof) -> Tuple[Path, List[str
     return root, over, log
 
 
-def _shares(run: Path) -> Dict[str, Any]:
-    """A trained paper-objective run's codec: its size and its shares of the gap on train and test (estimated bits)."""
+def _shares(run: Path, est: Dict[str, Any] | None = None) -> Dict[str, Any]:
+    """A trained paper-objective run's codec: its size and its shares of the gap on train and test (estimated bits).
+
+    ``est``: :func:`share_estimates` of the same run, when already computed.
+    """
     model, _, _ = C.load_model(run)
     pm = model.adaptive_codec.pdf_model
-    est = share_estimates(model, top=0)
+    est = share_estimates(model, top=0) if est is None else est
     return {"run": C.rel(run), "N": pm.N, "M": pm.M, "params": sum(q.numel() for q in pm.parameters()),
             **{f"{s}_gap_closed_pct": est[s]["gap_closed_pct"] for s in est}, "test_bpp_side": est["test"]["bpp_side"]}
 
@@ -180,10 +183,12 @@ def capacity_run(wdir: Path, quality: int, size: Sequence[int], prof) -> Tuple[P
     return root, over, log
 
 
-def capacity_ablation(prof, wdir: Path, quality: int, sizes: Sequence[Sequence[int]], train_fn, paper_run: Path) -> List[Dict[str, Any]]:
+def capacity_ablation(prof, wdir: Path, quality: int, sizes: Sequence[Sequence[int]], train_fn, paper_run: Path,
+                      paper_shares: Dict[str, Any] | None = None) -> List[Dict[str, Any]]:
     """The paper's codec at ``quality`` at its own size (the rate section's ``paper_run``) and at each of ``sizes``.
 
     Shares of the gap on the photographs it trains on and on the test split: a larger codec that
     gains on train but not on test is limited by its training photographs, not by its size.
+    ``paper_shares``: :func:`share_estimates` of ``paper_run``, when the caller has it already.
     """
-    return [_shares(paper_run)] + [_shares(train_fn(quality, *capacity_run(wdir, quality, size, prof))) for size in sizes]
+    return [_shares(paper_run, paper_shares)] + [_shares(train_fn(quality, *capacity_run(wdir, quality, size, prof))) for size in sizes]

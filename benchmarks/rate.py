@@ -377,25 +377,26 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
         C.log(f"rate: evidence for quality {f['quality']} (training rate, oracle start, shares on train and test)")
         points[-1]["evidence"] = _evidence(runs[f["quality"]])
     out["stages"]["evaluation_s"] = time.perf_counter() - t
-    if prof.get("ablation_images"):
-        import evidence as E
+    import evidence as E
 
+    # The ablations train with the paper's objective; --rate-dir reuses runs of any code, as above.
+    train = functools.partial(train_paper, any_code=bool(args.rate_dir))
+    if prof.get("ablation_images"):
         C.log(f"rate: corpus-size ablation of the paper's codec at quality {ablation_q} ({prof['ablation_images']} train photographs)")
         t = time.perf_counter()
-        train = functools.partial(train_paper, any_code=bool(args.rate_dir))
         out["ablation"] = {"quality": ablation_q, "epochs": prof["ablation_epochs"], "samples": prof["ablation_samples"],
                            "rows": E.corpus_ablation(prof, wdir, ablation_q, prof["ablation_images"], train)}
         out["stages"]["ablation_s"] = time.perf_counter() - t
     if prof.get("capacity_sizes"):
-        import evidence as E
-
         cap_qs = capacity_qualities(fam)
         C.log(f"rate: the paper's codec at qualities {cap_qs} at sizes (N, M) {list(prof['capacity_sizes'])}")
         t = time.perf_counter()
-        train = functools.partial(train_paper, any_code=bool(args.rate_dir))
+        # The paper-size row reuses the shares the evidence above estimated for the same run.
+        shares = {p["quality"]: p["evidence"]["paper_shares"] for p in points}
         out["capacity"] = {"epochs": prof["paper_epochs"], "samples": prof["paper_samples"],
                            "rows": [{"quality": q, **row} for q in cap_qs
-                                    for row in E.capacity_ablation(prof, wdir, q, prof["capacity_sizes"], train, runs[q]["paper"])]}
+                                    for row in E.capacity_ablation(prof, wdir, q, prof["capacity_sizes"], train,
+                                                                   runs[q]["paper"], shares[q])]}
         out["stages"]["capacity_s"] = time.perf_counter() - t
     out["points"], out["per_image"] = points, per_image
 
