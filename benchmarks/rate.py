@@ -43,6 +43,8 @@ ARM_LABELS = {
 }
 #: Targets (issue 14), reported, never asserted.
 TARGET_PAPER_GAP = 80.0  # % of the static -> ideal gap closed by the paper's codec (the paper: 83 % on Kodak)
+TARGET_FAMILY_TOP = 33.0  # dB, the family's highest test PSNR (issue 20; issue 11 asked for 30 dB)
+TARGET_FAMILY_SPAN = 3.0  # dB between the family's lowest and highest test PSNR, PSNR increasing with λ
 TARGET_PHAT_GAIN = 1.5  # % rate of the default (d') below (c'), the same coder without p̂: p̂ must earn its side bits
 TARGET_SIDE_SHARE = 1.0  # % of the total rate spent on the side stream, at every lambda
 TARGET_CONTEXT_DEFAULT_GAIN = 6.0  # % of the default with contexts below the previous default (issue 18)
@@ -418,6 +420,7 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
 
     side = max(p["side_share_adaptive_pct"] for p in points)
     paper_gap = out["gap_closed"]["paper"]["cubic"]
+    paper_min = min((v for v in out["gap_closed"]["paper"]["per_point"] if v is not None), default=None)
     # What p̂ adds: the default against the same coder without p̂ ((c'), contexts and all), not against (c),
     # whose gap to the default also holds what contexts add.
     gain = [-p["adaptive_vs_static_context_pct"] for p in points]
@@ -427,12 +430,14 @@ def section_rate(args, prof, work: Path) -> Dict[str, Any]:
     out["targets"] = {
         "context_default_gain": {"target": f"the default with contexts >= {TARGET_CONTEXT_DEFAULT_GAIN:g} % below (d) at every λ (min over λ)",
                                  "value": min(ctx_gain), "met": min(ctx_gain) >= TARGET_CONTEXT_DEFAULT_GAIN},
-        "family_psnr_top": {"target": "the RD family's highest point reaches >= 30 dB on the test split (issue 11)",
-                            "value": max(psnrs), "met": max(psnrs) >= 30.0},
-        "family_psnr_span": {"target": "PSNR increases with λ and spans >= 3 dB (issue 11)", "value": out["psnr_span_db"],
-                             "met": out["psnr_span_db"] >= 3.0 and all(b > a for a, b in zip(psnrs, psnrs[1:]))},
+        "family_psnr_top": {"target": f"the RD family's highest point reaches >= {TARGET_FAMILY_TOP:g} dB on the test split (issue 20)",
+                            "value": max(psnrs), "met": max(psnrs) >= TARGET_FAMILY_TOP},
+        "family_psnr_span": {"target": f"PSNR increases with λ and spans >= {TARGET_FAMILY_SPAN:g} dB", "value": out["psnr_span_db"],
+                             "met": out["psnr_span_db"] >= TARGET_FAMILY_SPAN and all(b > a for a, b in zip(psnrs, psnrs[1:]))},
         "gap_closed_paper": {"target": f"the paper's codec closes >= {TARGET_PAPER_GAP:g} % of the static→ideal gap (BD-rate, cubic)",
                              "value": paper_gap, "met": None if paper_gap is None else paper_gap >= TARGET_PAPER_GAP},
+        "gap_closed_paper_every_lambda": {"target": f"the paper's codec closes >= {TARGET_PAPER_GAP:g} % of the gap at every λ (min over λ)",
+                                          "value": paper_min, "met": None if paper_min is None else paper_min >= TARGET_PAPER_GAP},
         "phat_gain": {"target": f"p̂ inside the adaptive coder: the default (d') >= {TARGET_PHAT_GAIN:g} % below (c') at every λ (min over λ)",
                       "value": min(gain), "met": min(gain) >= TARGET_PHAT_GAIN},
         "default_never_above_static": {"target": "the default (d') never above the static bottleneck on a test image "
