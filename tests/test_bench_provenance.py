@@ -159,3 +159,20 @@ def test_capacity_sizes_are_parsed_or_refused_in_one_line(capsys):
     assert bench.main(["--quick", "--sections", "memory", "--capacity-sizes", "64x0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--capacity-sizes" in err[0]
+
+
+def test_issue20_targets_match_the_committed_report_and_fail_below_target():
+    import rate
+
+    """The report's issue-20 targets are what :func:`rate.issue20_targets` makes of its own measurements."""
+    r = _committed_results()[0]["sections"]["rate"]
+    got = rate.issue20_targets([p["psnr"] for p in r["points"]], r["gap_closed"]["paper"])
+    assert got == {k: r["targets"][k] for k in got}
+    # The BD-rate share alone is not enough: one λ below 80 % fails "every λ".
+    t = rate.issue20_targets([28.0, 31.0, 34.0], {"cubic": 85.0, "per_point": [90.0, 79.9, 95.0]})
+    assert t["gap_closed_paper"]["met"] and not t["gap_closed_paper_every_lambda"]["met"]
+    assert t["gap_closed_paper_every_lambda"]["value"] == 79.9
+    # A top below 33 dB, or a PSNR that does not increase with λ, fails.
+    assert not rate.issue20_targets([28.0, 32.9], {"cubic": None, "per_point": [None]})["family_psnr_top"]["met"]
+    folded = rate.issue20_targets([28.0, 34.0, 33.5], {"cubic": 85.0, "per_point": [85.0]})
+    assert folded["family_psnr_top"]["met"] and not folded["family_psnr_span"]["met"]
