@@ -162,9 +162,9 @@ def test_capacity_sizes_are_parsed_or_refused_in_one_line(capsys):
 
 
 def test_issue20_targets_match_the_committed_report_and_fail_below_target():
+    """The report's issue-20 targets are what :func:`rate.issue20_targets` makes of its own measurements."""
     import rate
 
-    """The report's issue-20 targets are what :func:`rate.issue20_targets` makes of its own measurements."""
     r = _committed_results()[0]["sections"]["rate"]
     got = rate.issue20_targets([p["psnr"] for p in r["points"]], r["gap_closed"]["paper"])
     assert got == {k: r["targets"][k] for k in got}
