@@ -152,6 +152,8 @@ def load_model(run: Path):
 
 
 def train_settings(conf) -> Dict[str, Any]:
+    from omegaconf import OmegaConf
+
     tr = conf.dataset.train
     return {
         "epochs": int(conf.engine.num_epochs),
@@ -163,6 +165,7 @@ def train_settings(conf) -> Dict[str, Any]:
         "latent_cache": bool(conf.runner.get("latent_cache", False)),
         "N": int(conf.hp.N),
         "M": int(conf.hp.M),
+        "pdf_model": OmegaConf.to_container(conf.hp.get("pdf_model") or {}, resolve=True),
     }
 
 

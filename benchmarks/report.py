@@ -169,6 +169,14 @@ def _pct(v, spec="+.2f") -> str:
     return C.fmt(v, spec) + " %" if isinstance(v, (int, float)) else "n/a"
 
 
+def _pdf_layout(kw: Dict[str, Any]) -> str:
+    """``hp.pdf_model``'s settings in words, against the paper's layout (``PdfModel``'s defaults)."""
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if not kw:
+        return "the paper's (three strided layers, (N, M) by the latent's channels)"
+    return ", ".join(f"`{k}={v}`" for k, v in sorted(kw.items())) + " (the paper's: `num_downsample=3`, no `logit_prior`)"
+
+
 def _md_rate(r: Dict[str, Any]) -> List[str]:
     pts = r["points"]
     L = ["## 1. Rate: every way of coding on the committed RD family (test split, real bitstreams)", ""]
@@ -182,6 +190,8 @@ def _md_rate(r: Dict[str, Any]) -> List[str]:
              f"crops of {pa.get('patch_size')}, lr {pa.get('lr_net')}); for (d), the default objective (the backward-adapted coder with "
              f"the fallback, `compressai-train --config-name=quickstart hp.quality=q`), fine-tuned from the former for {ad['epochs']} "
              f"epochs of {ad['num_samples']} crops, lr {ad['lr_net']}. (c) and (e) use no p̂. "
+             + (f"The distribution codec's layout (`hp.pdf_model`, both objectives): {_pdf_layout(pa['pdf_model'])}. "
+                if "pdf_model" in pa else "") +
              f"Test images: {len(im['names'])} from `{im['source']}` ({', '.join(im['names'])}). Every rate counts every byte written "
              "(side stream and header included); every way of coding decodes to the same PSNR (same transforms).")
     if r.get("runs_made_by") and r.get("reused_as_they_are"):

@@ -12,7 +12,7 @@ softmax:
 
     side symbols v (ints) ─► v·2^F + round(median·2^F)         (fixed point, F fractional bits)
         ─► [Conv1d | ConvTranspose1d] (int weights, rounding shift) ─► ChannelShuffle ─► ReLU ─► …
-        ─► logits ℓ (n, C, B), fixed point
+        ─► logits ℓ (n, C, B), fixed point   [+ the learned logit offset b (C, B), then saturated]
         ─► w = EXP[round((max ℓ - ℓ)·2^T)]          (integer softmax: exponent by table)
         ─► integer_cdf_table(w on the coded support, tail = the rest)   (floor division only)
 
@@ -51,6 +51,7 @@ __all__ = [
     "EXP_MAX_NATS",
     "exp_table",
     "to_fixed",
+    "saturate",
     "FixedPointNet",
     "integer_softmax_weights",
 ]
@@ -117,7 +118,8 @@ def _round_shift(acc: np.ndarray, bits: int) -> np.ndarray:
     return (acc + (1 << (bits - 1))) >> bits
 
 
-def _saturate(x: np.ndarray) -> np.ndarray:
+def saturate(x: np.ndarray) -> np.ndarray:
+    """Clip to ``±2**SATURATE_BITS`` (after every layer, and after adding a logit offset)."""
     lim = 1 << SATURATE_BITS
     return np.clip(x, -lim, lim - 1)
 
@@ -152,7 +154,7 @@ class _Conv:
             cols = win[:, gi].transpose(0, 2, 1, 3).reshape(n, L_out, c_g * K)
             acc[:, gi] = np.matmul(cols, w[gi].reshape(c_out // g, c_g * K).T).transpose(0, 2, 1)
         acc = acc.reshape(n, c_out, L_out) + self.bias.reshape(1, -1, 1)
-        return _saturate(_round_shift(acc, self.frac))
+        return saturate(_round_shift(acc, self.frac))
 
 
 def _convert_conv(m: nn.Module) -> _Conv:
@@ -206,7 +208,7 @@ class FixedPointNet:
         return cls(layers)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = _saturate(np.asarray(x, dtype=np.int64))
+        x = saturate(np.asarray(x, dtype=np.int64))
         for layer in self.layers:
             x = layer(x)
         return x

@@ -19,6 +19,17 @@ Every convolution is grouped (``groups`` = 8 by default) and followed by a
 channel shuffle so that groups exchange information; ReLU between layers.
 Paper sizes: ``(N, M) = (32, 16)`` for latents of ``C = 192`` channels and
 ``(64, 32)`` for ``C = 320``.
+
+Beyond the paper (``logit_prior=True``): ``p̂ = softmax(g_s(v̂) + b)`` with ``b`` a learned
+``(C, B)`` logit offset, started at the log of the static tables (:meth:`PdfModel.start_prior`,
+which the latent codec calls at its first training step). ``g_s`` then codes each image's
+*departure* from the static tables, and training starts at the static tables' rate instead of
+far above it (at the lowest λ, the paper's layout still coded the valid photograph above the
+static rate after 2,048 of its 8,192 steps). ``b`` is a parameter like the convolutions'
+biases, so the integer synthesis adds it exactly. With it, fewer strided layers
+(``num_downsample=1``: one side latent position per 2 bins instead of per 8) train too; at the
+lowest λ the paper's layout put the peaks of some of the channels that carry most of the rate
+1–2 bins off the image's own.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from compressai.entropy_models import EntropyBottleneck
 from torch import Tensor
 
 from encdist.codec.coding import entropy_bottleneck_decompress, entropy_bottleneck_symbols
-from encdist.codec.fixed_point import ACT_BITS, FixedPointNet, integer_softmax_weights, to_fixed
+from encdist.codec.fixed_point import ACT_BITS, FixedPointNet, integer_softmax_weights, saturate, to_fixed
 from encdist.registry import register_module
 
 __all__ = ["ChannelShuffle", "PdfModel", "default_pdf_sizes"]
@@ -84,6 +95,8 @@ class PdfModel(nn.Module):
         kernel_size: ``K`` of the strided layers.
         groups: groups of every convolution (reduced per layer to divide both sides).
         num_downsample: strided layers (3 in the paper).
+        logit_prior: add a learned per-(channel, bin) logit offset before the softmax, started at
+            the log of the static tables (module docstring; beyond the paper).
     """
 
     def __init__(
@@ -95,6 +108,7 @@ class PdfModel(nn.Module):
         kernel_size: int = 15,
         groups: int = 8,
         num_downsample: int = 3,
+        logit_prior: bool = False,
     ):
         super().__init__()
         dN, dM = default_pdf_sizes(num_channels)
@@ -122,14 +136,38 @@ class PdfModel(nn.Module):
         self.g_s = nn.Sequential(*s)
 
         self.entropy_bottleneck = EntropyBottleneck(M)
+        if logit_prior:
+            self.logit_prior = nn.Parameter(torch.zeros(num_channels, num_bins))
+            # 0 until start_prior: a run that starts from a checkpoint keeps the offset it learned.
+            self.register_buffer("prior_started", torch.zeros((), dtype=torch.uint8))
+        else:
+            self.logit_prior = None
 
     @property
     def latent_length(self) -> int:
         return self.num_bins // 2**self.num_downsample
 
+    @property
+    def awaits_prior(self) -> bool:
+        """Whether the logit offset is configured and not yet started (:meth:`start_prior`)."""
+        return self.logit_prior is not None and not bool(self.prior_started)
+
+    @torch.no_grad()
+    def start_prior(self, log_pmf: Tensor) -> None:
+        """Start the logit offset at ``log_pmf`` (``(C, B)``, the static tables' log), once."""
+        if not self.awaits_prior:
+            return
+        if tuple(log_pmf.shape) != tuple(self.logit_prior.shape):
+            raise ValueError(f"start_prior: expected log pmf of shape {tuple(self.logit_prior.shape)}, got {tuple(log_pmf.shape)}")
+        self.logit_prior.copy_(log_pmf.to(self.logit_prior))
+        self.prior_started.fill_(1)
+
     def synthesize(self, v_hat: Tensor) -> Tensor:
-        """``p̂ = softmax(g_s(v̂))`` over bins; float32 for reproducible CDFs."""
-        return F.softmax(self.g_s(v_hat).float(), dim=-1)
+        """``p̂ = softmax(g_s(v̂) [+ b])`` over bins; float32 for reproducible CDFs."""
+        logits = self.g_s(v_hat).float()
+        if self.logit_prior is not None:
+            logits = logits + self.logit_prior.float()
+        return F.softmax(logits, dim=-1)
 
     def forward(self, p: Tensor) -> dict:
         v = self.g_a(p)
@@ -240,7 +278,10 @@ class PdfModel(nn.Module):
         lim = self.INTEGER_SYMBOL_LIMIT
         v = np.clip(symbols, -lim, lim) << ACT_BITS
         v = v + to_fixed(self._side_medians().cpu(), ACT_BITS)
-        return integer_softmax_weights(FixedPointNet.from_sequential(self.g_s)(v))
+        logits = FixedPointNet.from_sequential(self.g_s)(v)
+        if self.logit_prior is not None:  # the offset in fixed point, as the convolutions' biases
+            logits = saturate(logits + to_fixed(self.logit_prior, ACT_BITS)[None])
+        return integer_softmax_weights(logits)
 
     def decompress(self, strings: list[bytes], shape=None) -> Tensor:
         """``p̂`` of side strings in float, one image at a time: the training-time view of p̂.

@@ -333,6 +333,8 @@ class AdaptiveEntropyBottleneckLatentCodec(LatentCodec):
         if o.ideal:
             p_hat = p
         elif o.use_pdf:
+            if self.training and getattr(self.pdf_model, "awaits_prior", False):  # its first training step: start at the static tables
+                self.pdf_model.start_prior(torch.log(self.static_pmf()))
             out = self.pdf_model(p)
             p_hat, pdf_likelihoods = out["p_hat"], out["likelihoods"]
         else:

@@ -76,7 +76,7 @@ class AdaptiveModelMixin:
         """Replace the static bottleneck by the adaptive codec around it.
 
         ``pdf_model`` holds :class:`~encdist.codec.pdf_model.PdfModel`'s keyword arguments (``N``,
-        ``M``, ``kernel_size``, ``groups``, ``num_downsample``); every other keyword
+        ``M``, ``kernel_size``, ``groups``, ``num_downsample``, ``logit_prior``); every other keyword
         (``num_bins``, ``fallback_static``, ``backward_adaptation``, …) goes to
         :class:`AdaptiveEntropyBottleneckLatentCodec`. Their signatures hold the defaults
         (an unknown key is a ``TypeError``, reported as a config error naming it).
