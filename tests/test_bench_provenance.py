@@ -150,6 +150,24 @@ def test_the_capacity_ablation_is_reported_row_by_row():
     assert "Codec size" not in report.render_md(res)
 
 
+def test_the_report_names_the_distribution_codecs_layout():
+    """A run that records ``hp.pdf_model`` says in the report which layout trained, against the paper's."""
+    import copy
+
+    import report
+
+    res, _ = _committed_results()
+    res = copy.deepcopy(res)
+    paper = res["sections"]["rate"]["settings"]["paper"]
+    paper["pdf_model"] = {"N": None, "M": None, "num_downsample": 1, "logit_prior": True}
+    md = report.render_md(res)
+    assert "layout (`hp.pdf_model`, both objectives): `logit_prior=True`, `num_downsample=1` (the paper's:" in md
+    paper["pdf_model"] = {"N": None, "M": None}
+    assert "layout (`hp.pdf_model`, both objectives): the paper's (three strided layers" in report.render_md(res)
+    del paper["pdf_model"]  # a report from before the layout was recorded says nothing about it
+    assert "hp.pdf_model`, both objectives" not in report.render_md(res)
+
+
 def test_capacity_sizes_are_parsed_or_refused_in_one_line(capsys):
     import bench
 
