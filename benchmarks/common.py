@@ -165,7 +165,7 @@ def train_settings(conf) -> Dict[str, Any]:
         "latent_cache": bool(conf.runner.get("latent_cache", False)),
         "N": int(conf.hp.N),
         "M": int(conf.hp.M),
-        "pdf_model": OmegaConf.to_container(conf.hp.get("pdf_model") or {}, resolve=True),
+        "pdf_model": OmegaConf.to_container(pdf, resolve=True) if (pdf := conf.hp.get("pdf_model")) is not None else {},
     }
 
 
