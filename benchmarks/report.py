@@ -171,10 +171,16 @@ def _pct(v, spec="+.2f") -> str:
 
 def _pdf_layout(kw: Dict[str, Any]) -> str:
     """``hp.pdf_model``'s settings in words, against the paper's layout (``PdfModel``'s defaults)."""
+    import inspect
+
+    from encdist.codec.pdf_model import PdfModel
+
     kw = {k: v for k, v in kw.items() if v is not None}
     if not kw:
         return "the paper's (three strided layers, (N, M) by the latent's channels)"
-    return ", ".join(f"`{k}={v}`" for k, v in sorted(kw.items())) + " (the paper's: `num_downsample=3`, no `logit_prior`)"
+    paper = {k: q.default for k, q in inspect.signature(PdfModel).parameters.items() if k in kw}
+    return (", ".join(f"`{k}={v}`" for k, v in sorted(kw.items()))
+            + " (the paper's: " + ", ".join(f"`{k}={v}`" for k, v in sorted(paper.items())) + ")")
 
 
 def _md_rate(r: Dict[str, Any]) -> List[str]:
