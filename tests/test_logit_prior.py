@@ -37,8 +37,8 @@ def test_the_offset_starts_once_and_a_checkpoint_keeps_it():
     assert not any("prior" in k for k in plain.state_dict())  # the paper's layout: checkpoints unchanged
 
 
-def _fitted_side_model(num_downsample: int, seed: int = 0) -> tuple[PdfModel, torch.Tensor]:
-    """A ``(192, 256)`` codec with an offset far from zero, its side tables built; and histograms to code."""
+def _side_model_with_offset(num_downsample: int, seed: int = 0) -> tuple[PdfModel, torch.Tensor]:
+    """An untrained ``(192, 256)`` codec with an offset far from zero, its side tables built; and histograms to code."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     pm = PdfModel(192, num_downsample=num_downsample, logit_prior=True).eval()
@@ -50,7 +50,7 @@ def _fitted_side_model(num_downsample: int, seed: int = 0) -> tuple[PdfModel, to
 
 @pytest.mark.parametrize("num_downsample", [1, 3])
 def test_integer_synthesis_adds_the_offset_as_the_float_path_does(num_downsample):
-    pm, p = _fitted_side_model(num_downsample)
+    pm, p = _side_model_with_offset(num_downsample)
     with torch.no_grad():
         enc = pm.compress(p)
         v_hat = pm.entropy_bottleneck.decompress(enc["strings"], enc["shape"])
